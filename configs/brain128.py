@@ -1,0 +1,67 @@
+"""The paper's model: VDM with the "U-Net of depth 32" on 128x128 brain MR slices.
+
+    python -m vdm_mri.train --config=configs/brain128.py --workdir=runs/brain128
+Override any field on the command line, e.g. --config.training.batch_size=8.
+"""
+
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # PRNG seed of parameters, data order, dropout and loss noise
+
+  config.data = ml_collections.ConfigDict()
+  config.data.path = ""  # slices (.npz) or a prepared TFDS dir; "" = ../shared/data if present
+  config.data.bits = 12  # intensities are k/(2^bits - 1); the shared data are 12-bit
+  config.data.image_size = 128  # H = W of the training slices
+  config.data.channels = 1  # magnitude images
+
+  config.schedule = ml_collections.ConfigDict()
+  config.schedule.kind = "learned_nn"  # fixed_linear | learned_scalar | learned_nn (monotone net)
+  config.schedule.gamma_min = -13.3  # γ(0) = -log SNR at t=0
+  config.schedule.gamma_max = 5.0  # γ(1) = -log SNR at t=1
+  config.schedule.hidden = 1024  # width of the monotone network's hidden layer
+  config.schedule.pin_endpoints = True  # keep γ(0), γ(1) exactly at γ_min, γ_max (schedule.py)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.kind = "score_unet"  # score_unet (no down-sampling, the paper) | unet (multi-res)
+  config.model.n_layer = 32  # ResNet blocks down (n_layer + 1 up): "depth 32"
+  config.model.n_embd = 128  # channels of every block
+  config.model.dropout = 0.1  # dropout rate inside the ResNet blocks
+  config.model.with_fourier_features = True  # sin/cos(2^6·2π z), (2^7·2π z) as extra inputs
+  config.model.with_attention = False  # attention after every block (the middle always has one)
+  config.model.remat = True  # recompute ResNet blocks in the backward pass (fits 80 GB)
+  config.model.dtype = "float32"  # compute dtype (parameters stay float32); or "bfloat16"
+
+  config.loss = ml_collections.ConfigDict()
+  config.loss.num_steps = 1000  # T of the discrete-time diffusion loss L_T; 0 = continuous L_∞
+  config.loss.antithetic = True  # antithetic (low-discrepancy) sampling of t over the batch
+
+  config.optimizer = ml_collections.ConfigDict()
+  config.optimizer.learning_rate = 2e-4  # AdamW peak learning rate
+  config.optimizer.warmup_steps = 1000  # linear warm-up from 0 to the peak
+  config.optimizer.b1 = 0.9  # Adam β1
+  config.optimizer.b2 = 0.99  # Adam β2
+  config.optimizer.eps = 1e-8  # Adam ε
+  config.optimizer.weight_decay = 0.01  # decoupled decay; not on norm scales/biases/schedule
+  config.optimizer.grad_clip = 1.0  # global-norm gradient clipping (0 = off)
+  config.optimizer.ema_rate = 0.9999  # EMA of the parameters used for evaluation and sampling
+
+  config.training = ml_collections.ConfigDict()
+  config.training.batch_size = 16  # global batch over all devices
+  config.training.num_steps = 1_000_000  # total optimisation steps
+  config.training.log_every = 100  # steps between metric logs (device -> host only then)
+  config.training.eval_every = 5000  # steps between validation bpd with the EMA parameters
+  config.training.eval_batches = 8  # validation batches per evaluation
+  config.training.sample_every = 25000  # steps between PNG grids of prior / guided samples
+  config.training.checkpoint_every = 2500  # steps between Orbax checkpoints
+  config.training.keep_checkpoints = 3  # most recent checkpoints kept
+
+  config.sampling = ml_collections.ConfigDict()
+  config.sampling.steps = 1000  # reverse steps (same γ, coarser grid when fewer)
+  config.sampling.lam = 1.0  # λ, weight of the measurement in the k-space guidance
+  config.sampling.final_projection = True  # project the final image onto ŷ₀ (λ = 1)
+  config.sampling.num_samples = 4  # posterior samples per measurement (mean and std reported)
+  config.sampling.batch_size = 4  # images per compiled sampling call (over all devices)
+  return config

@@ -1,0 +1,46 @@
+"""A tiny model for CPU tests and smoke runs: trains a few steps in seconds.
+
+    python -m vdm_mri.train --config=configs/tiny.py --workdir=/tmp/vdm_tiny
+"""
+
+import importlib.util
+import pathlib
+
+import ml_collections
+
+
+def _base():
+  path = pathlib.Path(__file__).with_name("brain128.py")
+  spec = importlib.util.spec_from_file_location("brain128", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def get_config():
+  config = _base()
+  config.schedule.hidden = 64  # small monotone network
+  config.model = ml_collections.ConfigDict()
+  config.model.kind = "unet"  # multi-resolution U-Net
+  config.model.ch = 16  # channels at full resolution
+  config.model.ch_mult = (1, 2, 2)  # 128, 64, 32 px
+  config.model.num_res_blocks = 1  # ResNet blocks per level
+  config.model.attn_resolutions = ()  # no attention except the middle block's (32x32)
+  config.model.num_heads = 1  # attention heads
+  config.model.dropout = 0.0  # no dropout: tiny models underfit anyway
+  config.model.with_fourier_features = True  # as the real model
+  config.model.remat = False  # nothing to save
+  config.model.dtype = "float32"  # compute dtype
+  config.optimizer.learning_rate = 1e-3  # larger steps for a short run
+  config.optimizer.warmup_steps = 10  # short warm-up
+  config.optimizer.ema_rate = 0.99  # EMA that moves within a short run
+  config.training.batch_size = 8  # global batch
+  config.training.num_steps = 200  # a short run
+  config.training.log_every = 10
+  config.training.eval_every = 100
+  config.training.eval_batches = 2
+  config.training.sample_every = 200
+  config.training.checkpoint_every = 50
+  config.sampling.steps = 50  # fast smoke sampling
+  config.sampling.num_samples = 2
+  return config

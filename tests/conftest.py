@@ -1,0 +1,33 @@
+"""Test set-up: 8 fake CPU devices (set before jax is imported) and shared fixtures."""
+
+import importlib.util
+import os
+import pathlib
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def load_config(name: str):
+  """configs/<name>.py's get_config()."""
+  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+@pytest.fixture(scope="session")
+def shared_train_slices():
+  """Real 128x128 training slices in [0, 1] from ../shared/data (skipped when it is absent)."""
+  path = SHARED_DATA / "brain_t1w_train.npz"
+  if not path.exists():
+    pytest.skip(f"real training data not found at {path} (the shared data folder is absent)")
+  with np.load(path) as d:
+    return d["images"][::50].astype(np.float32) / 4095.0  # [~135, 128, 128]
