@@ -1,0 +1,180 @@
+"""Input pipelines: random-access sources -> grain training iterator and eval batches.
+
+A *source* is anything with `len()` and `source[i] -> {'image': uint16 [H, W, 1] (12-bit),
+'subject': str | bytes, 'slice_index': int}`: a TFDS array_record data source or an ArraySource.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from collections.abc import Iterator
+
+import grain
+import numpy as np
+
+import vdm_mri
+from vdm_mri.data import slices as slices_lib
+from vdm_mri.data.slices import DataError, QUANT_MAX, Slices
+
+SPLITS = {"train": ("train",), "validation": ("val", "validation")}
+PREPARE_HINT = ("prepare data with: python -m vdm_mri.data.prepare --source=<slice .npz files or "
+                "a folder of NIfTI volumes> --data_dir={data_dir}")
+
+
+class ArraySource:
+  """In-memory slices as a grain random-access source (no build step)."""
+
+  def __init__(self, data: Slices | np.ndarray, subject=None, slice_index=None):
+    """`data`: a Slices, or images ([N, H, W(, 1)] uint in [0, 4095] or float in [0, 1])."""
+    self.slices = data if isinstance(data, Slices) else Slices.from_arrays(
+        data, subject, slice_index)
+
+  def __len__(self) -> int:
+    return len(self.slices)
+
+  def __getitem__(self, i: int) -> dict:
+    s = self.slices
+    return {"image": s.images[i, :, :, None], "subject": str(s.subject[i]),
+            "slice_index": int(s.slice_index[i])}
+
+  def __repr__(self) -> str:
+    return f"ArraySource({len(self)} slices of {self.slices.images.shape[1:]})"
+
+
+def default_data_dir() -> pathlib.Path | None:
+  """`<repo root>/../shared/data` when it exists (repo root = parent of the package), else None."""
+  path = pathlib.Path(vdm_mri.__file__).resolve().parent.parent.parent / "shared" / "data"
+  return path if path.is_dir() else None
+
+
+def open_split(split: str = "train", data_dir=None, *, name: str | None = None):
+  """The source of one split ('train' or 'validation'/'val') found in `data_dir`.
+
+  Looks for, in order: a TFDS build `brain_mri/<config>/<version>/` (`name` = 'brain_mri/<config>'
+  picks one when there are several), then slice files `*_train.npz` / `*_val.npz` (read into an
+  ArraySource). `data_dir` defaults to `default_data_dir()`. Raises DataError with the
+  `python -m vdm_mri.data.prepare ...` command when nothing is found.
+  """
+  split = "validation" if split == "val" else split
+  if split not in SPLITS:
+    raise DataError(f"unknown split {split!r}; use one of {sorted(SPLITS)}")
+  data_dir = default_data_dir() if data_dir is None else pathlib.Path(data_dir)
+  if data_dir is None or not data_dir.is_dir():
+    where = f"data directory {data_dir} does not exist" if data_dir else (
+        "no data_dir given and no <repo>/../shared/data")
+    raise DataError(f"{where}; "
+                    + PREPARE_HINT.format(data_dir="<dir>"))
+  builds = _find_builds(data_dir, name)
+  if len(builds) > 1:
+    raise DataError(f"{data_dir}: several builds {[str(b) for b in builds]}; pick one with "
+                    "name='brain_mri/<config>'")
+  if builds:
+    return _tfds_split(builds[0], split)
+  npz = sorted(p for suffix in SPLITS[split] for p in data_dir.glob(f"*_{suffix}.npz"))
+  if len(npz) > 1:
+    raise DataError(f"{data_dir}: several {split} files {[p.name for p in npz]}")
+  if npz:
+    return ArraySource(slices_lib.read_npz(npz[0]))
+  raise DataError(f"{data_dir}: no brain MR data for split {split!r} (no TFDS build "
+                  "brain_mri/<config>/<version>/, no *_train.npz / *_val.npz); "
+                  + PREPARE_HINT.format(data_dir=data_dir))
+
+
+def _find_builds(data_dir: pathlib.Path, name: str | None) -> list[pathlib.Path]:
+  pattern = f"{name or slices_lib.DATASET_NAME + '/*'}/*/dataset_info.json"
+  return sorted(p.parent for p in data_dir.glob(pattern))
+
+
+def _tfds_split(build_dir: pathlib.Path, split: str):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder = tfds.builder_from_directory(build_dir)
+  if split not in builder.info.splits:
+    raise DataError(f"{build_dir}: no split {split!r} (has {sorted(builder.info.splits)})")
+  return builder.as_data_source(split=split)
+
+
+def _process(process_index, process_count) -> tuple[int, int]:
+  if process_index is None or process_count is None:
+    import jax  # pylint: disable=g-import-not-at-top
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
+  if not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+  return process_index, process_count
+
+
+def _image_only(example: dict) -> np.ndarray:
+  return example["image"]  # [H, W, 1] uint16
+
+
+def _to_float(images: np.ndarray) -> dict:
+  return {"image": images.astype(np.float32) / QUANT_MAX}  # [B, H, W, 1] on the 12-bit grid
+
+
+def train_iterator(source, *, global_batch: int, seed: int, process_index: int | None = None,
+                   process_count: int | None = None, num_epochs: int | None = None,
+                   num_threads: int = 4) -> grain.DatasetIterator:
+  """Shuffled, repeated, per-process batches `{'image': float32 [B, H, W, 1]}`, B = global/count.
+
+  Every epoch is a fresh permutation (seed + epoch) of the whole source, identical on all
+  processes; process p takes positions p, p + count, ... of it, so processes see disjoint
+  examples within an epoch (the last len % count examples of each permutation are unused).
+  Batches run across epoch boundaries; with `num_epochs` the final partial batch is dropped.
+  `process_index`/`process_count` default to `jax.process_index()`/`jax.process_count()`.
+  The iterator's `get_state()`/`set_state()` resume exactly (see `checkpoint_args`).
+  """
+  index, count = _process(process_index, process_count)
+  if global_batch % count:
+    raise ValueError(f"global_batch {global_batch} is not divisible by {count} processes")
+  batch = global_batch // count
+  per_process = len(source) // count
+  if per_process < batch:
+    raise DataError(f"{len(source)} examples give {per_process} per process, fewer than the "
+                    f"per-process batch {batch}")
+  ds = grain.MapDataset.source(source).shuffle(seed=seed)[index:per_process * count:count]
+  ds = ds.repeat(num_epochs).map(_image_only)
+  ds = ds.batch(batch, drop_remainder=True).map(_to_float)
+  options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
+  return iter(ds.to_iter_dataset(options))
+
+
+def eval_batches(source, *, batch_size: int, process_index: int | None = None,
+                 process_count: int | None = None) -> Iterator[dict]:
+  """One ordered pass: `{'image' float32 [B, H, W, 1], 'subject' str [B], 'slice_index' [B],
+  'valid' bool [B]}`.
+
+  Process p takes examples p, p + count, ...; the last batch is padded (image 0, subject '',
+  slice_index -1, valid False) and every process yields the same number of batches, so
+  collective eval steps stay in lock step.
+  """
+  index, count = _process(process_index, process_count)
+  mine = np.arange(index, len(source), count)
+  n_batches = math.ceil(math.ceil(len(source) / count) / batch_size)
+  for b in range(n_batches):
+    rows = [source[int(i)] for i in mine[b * batch_size:(b + 1) * batch_size]]
+    shape = np.shape(rows[0]["image"]) if rows else np.shape(source[0]["image"])
+    images = np.zeros((batch_size, *shape), np.uint16)
+    subject = np.full(batch_size, "", dtype=object)
+    slice_index = np.full(batch_size, -1, np.int64)
+    for j, row in enumerate(rows):
+      images[j] = row["image"]
+      s = row["subject"]
+      subject[j] = s.decode() if isinstance(s, bytes) else str(s)
+      slice_index[j] = row["slice_index"]
+    valid = np.arange(batch_size) < len(rows)
+    yield {**_to_float(images), "subject": subject.astype(str), "slice_index": slice_index,
+           "valid": valid}
+
+
+def checkpoint_args(iterator: grain.DatasetIterator, *, restore: bool = False):
+  """Orbax args that save (or restore in place) the iterator state inside a checkpoint.
+
+  Uses grain's own Orbax handler: one JSON file per process (`process_<i>-of-<n>.json`), so it
+  works multi-host. Usage with an `ocp.CheckpointManager`:
+    save:    args=ocp.args.Composite(state=..., data=checkpoint_args(it))
+    restore: args=ocp.args.Composite(state=..., data=checkpoint_args(it, restore=True))
+  The restored iterator must be built with the same source, seed, batch and process count.
+  """
+  return (grain.checkpoint.CheckpointRestore if restore else grain.checkpoint.CheckpointSave)(
+      iterator)
