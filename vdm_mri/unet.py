@@ -52,9 +52,16 @@ def fourier_features(z, exponents: Sequence[int] = (6, 7)):
   return jnp.concatenate([jnp.sin(h), jnp.cos(h)], axis=-1)
 
 
+def num_groups(channels: int) -> int:
+  """GroupNorm groups: 32 as in VDM/DDPM once there are ≥ 4 channels per group, else fewer
+  groups of 4 channels. Groups of one channel would erase the per-channel conditioning shift
+  that every ResNet block adds just before its second GroupNorm."""
+  return math.gcd(channels, min(32, max(1, channels // 4)))
+
+
 def group_norm(channels: int, dtype: Dtype, name: str | None = None) -> nn.GroupNorm:
-  """GroupNorm with 32 groups, or the largest divisor of `channels` that divides 32."""
-  return nn.GroupNorm(num_groups=math.gcd(32, channels), dtype=dtype, name=name)
+  """GroupNorm with `num_groups(channels)` groups."""
+  return nn.GroupNorm(num_groups=num_groups(channels), dtype=dtype, name=name)
 
 
 class ResnetBlock(nn.Module):
