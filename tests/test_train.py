@@ -1,0 +1,322 @@
+"""Training loop: checkpoints and metrics, exact resume, device-count invariance, NaN stop, data
+errors, the weight-decay mask and the TensorBoard framing.
+
+All runs share one tiny configuration (8 channels, batch 8 = one example per fake CPU device), so
+`train.jit_train_step` compiles the 8-device step once for the whole file.
+"""
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+import vdm_mri
+from conftest import REPO, load_config
+from vdm_mri import data, train
+from vdm_mri import model as model_lib
+
+NUM_STEPS = 4
+TRAIN_KEYS = ("bpd", "prior", "recon", "diffusion", "grad_norm", "learning_rate", "gamma_0",
+              "gamma_1", "steps_per_s", "images_per_s")
+EVAL_KEYS = ("bpd", "prior", "recon", "diffusion")
+
+
+def _config(data_path, **training):
+  config = load_config("tiny")
+  config.data.path = str(data_path)
+  config.model.ch = 8
+  config.training.update(batch_size=8, num_steps=NUM_STEPS, log_every=1, eval_every=2,
+                         eval_batches=1, checkpoint_every=2, keep_checkpoints=3)
+  config.training.update(training)
+  return config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """x_train.npz: the 16 bundled slices and their mirror images (4 batches an epoch);
+  x_val.npz: the bundled slices."""
+  path = tmp_path_factory.mktemp("data")
+  with np.load(vdm_mri.SAMPLE_DATA) as d:
+    images, subject, slice_index = d["images"], d["subject"], d["slice_index"]
+  np.savez(path / "x_train.npz", images=np.concatenate([images, images[:, :, ::-1]]),
+           subject=np.concatenate([subject, subject]),
+           slice_index=np.concatenate([slice_index, slice_index + 1000]))
+  np.savez(path / "x_val.npz", images=images, subject=subject, slice_index=slice_index)
+  return path
+
+
+@pytest.fixture(scope="module")
+def reference(data_dir, tmp_path_factory):
+  """An uninterrupted NUM_STEPS run: (work dir, final state on the host)."""
+  workdir = tmp_path_factory.mktemp("reference")
+  state = train.train_and_evaluate(_config(data_dir), workdir)
+  return workdir, jax.device_get(state)
+
+
+def _hook_steps(monkeypatch, hook):
+  """Wraps every jitted train step: hook(step_number, state, batch) -> batch, before it runs."""
+  jit_train_step = train.jit_train_step
+  count = [0]
+
+  def wrapped(*args):
+    step_fn = jit_train_step(*args)
+
+    def hooked(state, batch):
+      count[0] += 1
+      return step_fn(state, hook(count[0], state, batch))
+    return hooked
+  monkeypatch.setattr(train, "jit_train_step", wrapped)
+
+
+def _replicated(tree):
+  return jax.device_put(tree, NamedSharding(train.make_mesh(jax.devices()), P()))
+
+
+def _metrics(workdir):
+  return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def _checkpoint_steps(workdir):
+  return ocp.CheckpointManager((workdir / "checkpoints").absolute()).all_steps()
+
+
+# --------------------------------------------------------------------------------------------
+def test_run_writes_checkpoints_metrics_and_tensorboard(reference):
+  workdir, state = reference
+  assert int(state.step) == NUM_STEPS
+  assert _checkpoint_steps(workdir) == [2, 4]
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(state.params))
+  lines = _metrics(workdir)
+  train_lines = [l for l in lines if "train/bpd" in l]
+  eval_lines = [l for l in lines if "eval/bpd" in l]
+  assert [l["step"] for l in train_lines] == [1, 2, 3, 4]
+  assert [l["step"] for l in eval_lines] == [2, 4]
+  for line in train_lines:
+    assert sorted(line) == sorted(["step"] + [f"train/{k}" for k in TRAIN_KEYS])
+  for line in eval_lines:
+    assert sorted(line) == sorted(["step"] + [f"eval/{k}" for k in EVAL_KEYS])
+  values = [v for l in lines for k, v in l.items() if k != "step"]
+  assert np.isfinite(values).all()
+  assert train_lines[0]["train/learning_rate"] == 0.0  # warm-up starts at 0
+  assert 0.0 < train_lines[-1]["train/learning_rate"] < 1e-3
+  assert all(5.0 < l["train/bpd"] < 30.0 for l in train_lines)
+
+  events = list((workdir / "tb").glob("events.out.tfevents.*"))
+  assert len(events) == 1
+  scalars = _read_scalars(events[0])
+  for line in lines:
+    for tag, value in line.items():
+      if tag != "step":
+        assert scalars[(line["step"], tag)] == np.float32(value)
+
+
+def test_sigterm_saves_and_resume_is_bit_identical(reference, data_dir, tmp_path, monkeypatch):
+  def sigterm_at_2(n, state, batch):
+    if n == 2:
+      os.kill(os.getpid(), signal.SIGTERM)  # arrives during step 2
+    return batch
+
+  _hook_steps(monkeypatch, sigterm_at_2)
+  with pytest.raises(train.TrainingInterrupted) as stop:
+    train.train_and_evaluate(_config(data_dir), tmp_path)
+  assert (stop.value.signum, stop.value.step) == (signal.SIGTERM, 2)
+  assert _checkpoint_steps(tmp_path) == [2]
+  monkeypatch.undo()
+
+  # A run killed at step 3, after logging it and half-way through saving it, leaves a metrics
+  # line and Orbax's temporary directory: resume must drop the one and ignore the other.
+  junk = tmp_path / "checkpoints" / "3.orbax-checkpoint-tmp-1234" / "state"
+  junk.mkdir(parents=True)
+  (junk / "garbage").write_bytes(b"\0" * 10)
+  with open(tmp_path / "metrics.jsonl", "a", encoding="utf-8") as f:
+    f.write(json.dumps({"step": 3, "train/bpd": -1.0}) + "\n")
+  state = jax.device_get(train.train_and_evaluate(_config(data_dir), tmp_path))
+  jax.tree.map(np.testing.assert_array_equal, state, reference[1])
+  lines = _metrics(tmp_path)
+  assert [l["step"] for l in lines if "train/bpd" in l] == [1, 2, 3, 4]
+  assert all(l["train/bpd"] > 0 for l in lines if "train/bpd" in l)  # the step-3 stub is gone
+
+
+def test_same_update_on_one_and_eight_devices(reference, data_dir):
+  config = _config(data_dir)
+  model = model_lib.from_config(config)
+  optimizer = ml_collections.FrozenConfigDict(config.optimizer)
+  images = data.read_npz(data_dir / "x_val.npz").images[:8, :, :, None] / data.QUANT_MAX
+  results = []
+  for devices in (jax.devices()[:1], jax.devices()):
+    assert len(devices) in (1, 8)
+    mesh = train.make_mesh(devices)
+    step = train.jit_train_step(mesh, model, optimizer, config.loss.num_steps)
+    state = jax.device_put(reference[1], NamedSharding(mesh, P()))
+    batch = {"image": jax.device_put(images.astype(np.float32), NamedSharding(mesh, P("data")))}
+    results.append(jax.device_get(step(state, batch)))
+  (state_1, metrics_1), (state_8, metrics_8) = results
+  for name in ("bpd", "prior", "recon", "diffusion", "grad_norm"):
+    np.testing.assert_allclose(metrics_1[name], metrics_8[name], rtol=1e-5)
+  # The score network's update must agree. (γ's gradient is a sum over the batch that nearly
+  # cancels, about 1e-4 of the score's, so its float32 summation order shows; Adam then
+  # amplifies that for its parameters, as it does on one device for any reordering.)
+  update_1 = jax.tree.map(np.subtract, state_1.params["score"], reference[1].params["score"])
+  update_8 = jax.tree.map(np.subtract, state_8.params["score"], reference[1].params["score"])
+  lr = float(metrics_1["learning_rate"])
+  assert lr > 0
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(update_1),
+                          jax.tree.leaves(update_8)):
+    np.testing.assert_allclose(a, b, atol=1e-3 * lr, rtol=0, err_msg=jax.tree_util.keystr(path))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(reference, tmp_path, monkeypatch):
+  def poison_step_3(n, state, batch):
+    return {"image": batch["image"] * np.nan} if n == 3 else batch
+
+  _hook_steps(monkeypatch, poison_step_3)
+  config = _config(vdm_mri.SAMPLE_DATA, num_steps=6, log_every=10)  # .npz file: no eval
+  with pytest.raises(train.NonFiniteLoss, match="at step 3 .*last good checkpoint: step 2"):
+    train.train_and_evaluate(config, tmp_path)
+  assert _checkpoint_steps(tmp_path) == [2]  # step 4 was due, but follows the NaN
+  mngr = train.checkpoint_manager(tmp_path / "checkpoints", 3)
+  iterator = data.train_iterator(data.ArraySource(data.read_npz(vdm_mri.SAMPLE_DATA)),
+                                 global_batch=8, seed=0)
+  restored = train.restore_checkpoint(mngr, _replicated(reference[1]), iterator)
+  mngr.close()
+  assert int(restored.step) == 2
+  assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(restored)))
+  assert iterator.get_state() != data.train_iterator(
+      data.ArraySource(data.read_npz(vdm_mri.SAMPLE_DATA)), global_batch=8, seed=0).get_state()
+
+
+def test_missing_data_is_a_one_line_error(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, "default_data_dir", lambda: None)
+  with pytest.raises(data.DataError, match="python -m vdm_mri.data.prepare"):
+    train.train_and_evaluate(_config(""), tmp_path / "run")
+  assert not (tmp_path / "run").exists()
+
+  result = subprocess.run(
+      [sys.executable, "-m", "vdm_mri.train", "--config=configs/tiny.py",
+       f"--workdir={tmp_path / 'run'}", f"--data_dir={tmp_path / 'nowhere'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+  assert result.returncode == 2, result.stderr
+  assert "Traceback" not in result.stderr
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith("error: ") and "python -m vdm_mri.data.prepare" in last
+
+
+def test_weight_decay_skips_biases_norm_scales_and_schedule(reference):
+  params = reference[1].params
+  mask = train.decay_mask(params)
+  names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+  assert any("GroupNorm" in k and k.endswith("['scale']") for k in names)
+  assert any(k.endswith("['bias']") and np.ndim(x) == 3  # the attention's qkv bias
+             for k, x in zip(names, jax.tree.leaves(params)))
+  for name, decays in zip(names, jax.tree.leaves(mask)):
+    expected = not (name.startswith("['gamma']") or name.endswith(("['bias']", "['scale']")))
+    assert decays == expected, name
+  # From zero moments and zero gradients, AdamW's update is the decay alone: -lr·wd·p or 0.
+  opt = load_config("tiny").optimizer
+  opt.warmup_steps = 0  # no warm-up: the full learning rate from step 0
+  tx, lr_fn = train.make_optimizer(opt)
+  first_update = jax.jit(lambda p: tx.update(jax.tree.map(jnp.zeros_like, p), tx.init(p), p)[0])
+  updates = first_update(params)
+  decay = float(lr_fn(0)) * opt.weight_decay
+  assert decay == pytest.approx(opt.learning_rate * opt.weight_decay)
+  for name, u, p, m in zip(names, jax.tree.leaves(updates), jax.tree.leaves(params),
+                           jax.tree.leaves(mask)):
+    np.testing.assert_allclose(u, -decay * p if m else 0.0, rtol=1e-6, atol=0, err_msg=name)
+
+
+def test_parameterless_schedule_trains_state_and_checkpoints(tmp_path):
+  """fixed_linear: params["gamma"] == {} must survive the optimiser and a checkpoint."""
+  params = {"score": {"Conv_0": {"kernel": np.ones((3, 3, 1, 2), np.float32),
+                                 "bias": np.ones((2,), np.float32)}}, "gamma": {}}
+  tx, _ = train.make_optimizer(load_config("tiny").optimizer)
+  state = train.TrainState(step=np.int32(3), params=params, ema_params=params,
+                           opt_state=tx.init(params), key=np.array([1, 2], np.uint32))
+  state = _replicated(state)
+  iterator = data.train_iterator(data.ArraySource(np.zeros((8, 4, 4), np.uint16)),
+                                 global_batch=8, seed=0)
+  mngr = train.checkpoint_manager(tmp_path, 1)
+  train.save_checkpoint(mngr, state, iterator)
+  mngr.wait_until_finished()
+  restored = train.restore_checkpoint(mngr, state, iterator)
+  mngr.close()
+  assert restored.params["gamma"] == {}
+  assert jax.tree.structure(restored) == jax.tree.structure(state)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(state))
+
+
+def test_event_records_are_crc_checked_tfrecords():
+  assert train.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+  record = train.tf_record(train.scalar_event(7, {"a/b": 1.5}, wall_time=2.0))
+  assert list(_records(record)) == [train.scalar_event(7, {"a/b": 1.5}, wall_time=2.0)]
+  corrupted = bytearray(record)
+  corrupted[-5] ^= 1
+  with pytest.raises(AssertionError):
+    list(_records(bytes(corrupted)))
+
+
+# --------------------------------------------------------------------------------------------
+# An independent reader of TensorBoard event files (TFRecord framing + the Event protobuf).
+# --------------------------------------------------------------------------------------------
+def _masked_crc(b):
+  c = train.crc32c(b)
+  return ((c >> 15 | c << 17) + 0xA282EAD8) & 0xFFFFFFFF
+
+
+def _records(raw):
+  pos = 0
+  while pos < len(raw):
+    (n,) = struct.unpack_from("<Q", raw, pos)
+    assert struct.unpack_from("<I", raw, pos + 8)[0] == _masked_crc(raw[pos:pos + 8])
+    payload = raw[pos + 12:pos + 12 + n]
+    assert struct.unpack_from("<I", raw, pos + 12 + n)[0] == _masked_crc(payload)
+    yield payload
+    pos += 16 + n
+
+
+def _fields(buf):
+  """(field number, value) of a protobuf message: ints for varints, bytes otherwise."""
+  i = 0
+
+  def varint():
+    nonlocal i
+    shift = value = 0
+    while True:
+      b = buf[i]
+      i += 1
+      value |= (b & 0x7F) << shift
+      shift += 7
+      if b < 0x80:
+        return value
+  while i < len(buf):
+    key = varint()
+    wire = key & 7
+    if wire == 0:
+      value = varint()
+    else:
+      n = {1: 8, 5: 4}.get(wire) or varint()
+      value, i = buf[i:i + n], i + n
+    yield key >> 3, value
+
+
+def _read_scalars(path) -> dict:
+  """{(step, tag): float32 value} from an event file; the first event must be the version."""
+  records = list(_records(path.read_bytes()))
+  assert dict(_fields(records[0]))[3] == b"brain.Event:2"
+  out = {}
+  for record in records[1:]:
+    event = dict(_fields(record))
+    for field, value in _fields(event[5]):
+      assert field == 1
+      v = dict(_fields(value))
+      out[(event[2], v[1].decode())] = np.float32(struct.unpack("<f", v[2])[0])
+  return out

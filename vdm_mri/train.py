@@ -1,0 +1,526 @@
+"""Training loop: `python -m vdm_mri.train --config=configs/brain128.py --workdir=DIR`.
+
+Flags: --config (with --config.a.b=… overrides), --workdir, --data_dir (overrides
+config.data.path), --multi_host (call `jax.distributed.initialize()` first).
+
+The work dir holds everything a run writes, and a run resumes from it automatically:
+  checkpoints/   Orbax: TrainState + data-iterator position, the `keep_checkpoints` latest
+  metrics.jsonl  one JSON object per log/eval step: {"step": …, "train/bpd": …, "eval/bpd": …}
+  tb/            TensorBoard scalars (event files written here without TensorFlow)
+
+Data parallel: `train_step` is jitted over a 1-D mesh ('data') of all devices, the batch sharded
+on it, the state replicated; the loss noise is drawn for the whole global batch inside the jit
+(partitionable threefry), so an update does not depend on the device count.
+
+Exit codes of the command: 0 done; 1 non-finite loss (the last good checkpoint is kept);
+2 no or bad data (one-line message); 128+signum = 143 (SIGTERM) / 130 (SIGINT) after saving a
+checkpoint at the current step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import itertools
+import json
+import logging as py_logging
+import pathlib
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+from absl import app, flags, logging
+from jax.sharding import NamedSharding, PartitionSpec as P
+from ml_collections import config_flags
+
+from vdm_mri import data
+from vdm_mri import model as model_lib
+
+
+class NonFiniteLoss(RuntimeError):
+  """The loss or gradient became NaN/Inf; no checkpoint was written after the step named."""
+
+
+class TrainingInterrupted(RuntimeError):
+  """SIGTERM/SIGINT arrived; a checkpoint at the current step was saved first."""
+
+  def __init__(self, signum: int, step: int):
+    super().__init__(f"stopped by {signal.Signals(signum).name} at step {step} (checkpoint saved)")
+    self.signum, self.step = signum, step
+
+
+# --------------------------------------------------------------------------------------------
+# State and optimiser.
+# --------------------------------------------------------------------------------------------
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 [], updates done so far
+  params: Any  # {"score": …, "gamma": …}
+  ema_params: Any  # EMA of params (evaluation and sampling use these)
+  opt_state: Any
+  key: jax.Array  # uint32 [2], raw key data; step key = fold_in(key, step)
+
+
+def decay_mask(params):
+  """True where AdamW decays: everything but biases, norm scales and the schedule ("gamma")."""
+  def decays(path, _):
+    return path[0].key != "gamma" and path[-1].key not in ("bias", "scale")
+  return jax.tree_util.tree_map_with_path(decays, params)
+
+
+def make_optimizer(opt) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """Global-norm clipping + AdamW with linear warm-up; `opt` = config.optimizer."""
+  lr_fn = (optax.linear_schedule(0.0, opt.learning_rate, opt.warmup_steps) if opt.warmup_steps
+           else optax.constant_schedule(opt.learning_rate))
+  tx = optax.chain(
+      optax.clip_by_global_norm(opt.grad_clip) if opt.grad_clip > 0 else optax.identity(),
+      optax.adamw(lr_fn, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
+                  mask=decay_mask))
+  return tx, lr_fn
+
+
+def create_train_state(model: model_lib.VDM, tx, key) -> TrainState:
+  """Fresh parameters, EMA = parameters, optimiser state; `key` (typed) seeds init and steps."""
+  key_init, key_train = jax.random.split(key)
+  params = model.init(key_init)
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                    opt_state=tx.init(params), key=jax.random.key_data(key_train))
+
+
+# --------------------------------------------------------------------------------------------
+# Steps (pure) and their jitted, data-parallel forms.
+# --------------------------------------------------------------------------------------------
+def train_step(state: TrainState, batch, *, model: model_lib.VDM, tx, lr_fn, num_steps: int,
+               ema_rate: float):
+  """One AdamW update on the mean bpd of the global batch {'image': [B, H, W, 1]}."""
+  key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+
+  def loss_fn(params):
+    terms = model.loss_terms(params, key, batch["image"], num_steps=num_steps, train=True)
+    return terms.bpd.mean(), terms
+
+  (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema_params = jax.tree.map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
+                            state.ema_params, params)
+  grad_norm = optax.tree.norm(grads)
+  gamma_01 = model.gamma_fn(state.params)(jnp.array([0.0, 1.0], jnp.float32))
+  metrics = {
+      "bpd": loss, "prior": terms.prior.mean(), "recon": terms.recon.mean(),
+      "diffusion": terms.diffusion.mean(), "grad_norm": grad_norm,
+      "learning_rate": lr_fn(state.step), "gamma_0": gamma_01[0], "gamma_1": gamma_01[1],
+      "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
+  }
+  new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
+                            opt_state=opt_state)
+  return new_state, metrics
+
+
+def eval_step(params, images, valid, key, *, model: model_lib.VDM, num_steps: int):
+  """Sums over the valid examples of the bound's terms (bits/dim), and their count."""
+  terms = model.loss_terms(params, key, images, num_steps=num_steps, train=False)
+  w = valid.astype(jnp.float32)  # [B]
+  sums = {name: jnp.sum(getattr(terms, name) * w)
+          for name in ("bpd", "prior", "recon", "diffusion")}
+  return {**sums, "count": jnp.sum(w)}
+
+
+def make_mesh(devices) -> jax.sharding.Mesh:
+  """1-D data-parallel mesh over `devices`, axis 'data'."""
+  return jax.sharding.Mesh(np.asarray(devices), ("data",))
+
+
+@functools.lru_cache(maxsize=8)
+def jit_train_step(mesh, model: model_lib.VDM, optimizer, num_steps: int):
+  """`train_step` jitted on `mesh`: state replicated and donated, batch sharded on 'data'.
+
+  `optimizer`: FrozenConfigDict(config.optimizer). Cached on its (hashable) arguments, so that
+  runs in one process (tests, benchmarks) trace and compile once.
+  """
+  tx, lr_fn = make_optimizer(optimizer)
+  step = functools.partial(train_step, model=model, tx=tx, lr_fn=lr_fn, num_steps=num_steps,
+                           ema_rate=optimizer.ema_rate)
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
+                 donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=8)
+def jit_eval_step(mesh, model: model_lib.VDM, num_steps: int):
+  """`eval_step` jitted on `mesh`: params replicated, images and mask sharded on 'data'."""
+  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+  return jax.jit(functools.partial(eval_step, model=model, num_steps=num_steps),
+                 in_shardings=(replicated, sharded, sharded, replicated),
+                 out_shardings=replicated)
+
+
+def make_global_batch(local, sharding):
+  """Per-process host arrays (pytree) -> global jax.Arrays sharded by `sharding`."""
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+
+
+def evaluate(eval_fn, params, source, *, batch_size: int, num_batches: int, key,
+             sharding) -> dict:
+  """Mean bits/dim (and terms) over the first `num_batches` validation batches, fixed keys."""
+  local = batch_size // jax.process_count()
+  totals = None
+  for i, batch in enumerate(itertools.islice(
+      data.eval_batches(source, batch_size=local), num_batches)):
+    images, valid = make_global_batch((batch["image"], batch["valid"]), sharding)
+    sums = eval_fn(params, images, valid, jax.random.fold_in(key, i))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = totals.pop("count")
+  return {f"eval/{k}": float(v / count) for k, v in totals.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Metrics: JSON lines and TensorBoard scalars (event files without TensorFlow).
+# --------------------------------------------------------------------------------------------
+_LAST = ("learning_rate", "gamma_0", "gamma_1")  # reported at the log step, the rest averaged
+
+
+def summarise(history: list[dict], first_step: int) -> dict:
+  """Host copies of per-step device metrics -> {'train/…': mean over the steps}.
+
+  Raises NonFiniteLoss naming the first step (1-based update count) whose loss or gradient
+  norm is not finite.
+  """
+  history = jax.device_get(history)
+  finite = np.array([h["finite"] for h in history])
+  if not finite.all():
+    bad = first_step + int(np.argmin(finite))
+    raise NonFiniteLoss(f"non-finite loss or gradient at step {bad} (bpd "
+                        f"{float(history[bad - first_step]['bpd'])}); training stopped")
+  names = [k for k in history[0] if k != "finite"]
+  return {f"train/{k}": float(history[-1][k] if k in _LAST else np.mean([h[k] for h in history]))
+          for k in names}
+
+
+def _crc32c_table() -> list[int]:
+  table = []
+  for i in range(256):
+    c = i
+    for _ in range(8):
+      c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+    table.append(c)
+  return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data_bytes: bytes) -> int:
+  """CRC-32C (Castagnoli), as TFRecord framing uses."""
+  c = 0xFFFFFFFF
+  for b in data_bytes:
+    c = _CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
+  return c ^ 0xFFFFFFFF
+
+
+def _varint(n: int) -> bytes:
+  out = bytearray()
+  while True:
+    out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+    n >>= 7
+    if not n:
+      return bytes(out)
+
+
+def _bytes_field(number: int, payload: bytes) -> bytes:
+  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
+
+
+def scalar_event(step: int, values: dict, wall_time: float) -> bytes:
+  """A serialised tensorboard Event{wall_time=1, step=2, summary=5{value=1{tag=1, simple=2}}}."""
+  summary = b"".join(
+      _bytes_field(1, _bytes_field(1, tag.encode()) + b"\x15" + struct.pack("<f", v))
+      for tag, v in values.items())
+  return (b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
+          + _bytes_field(5, summary))
+
+
+def tf_record(payload: bytes) -> bytes:
+  """TFRecord framing: length, masked CRC of length, payload, masked CRC of payload."""
+  def masked(b):
+    c = crc32c(b)
+    return struct.pack("<I", ((c >> 15 | c << 17) + 0xA282EAD8) & 0xFFFFFFFF)
+  length = struct.pack("<Q", len(payload))
+  return length + masked(length) + payload + masked(payload)
+
+
+class MetricWriter:
+  """Appends {"step", …} lines to metrics.jsonl, scalars to a TensorBoard event file, and logs.
+
+  With `resume_step`, lines of later steps (left by a run that died after its last checkpoint)
+  are dropped from metrics.jsonl first, so that every step appears once.
+  """
+
+  def __init__(self, workdir: pathlib.Path, *, resume_step: int = 0, enabled: bool = True):
+    self.enabled = enabled
+    if not enabled:
+      return
+    (workdir / "tb").mkdir(parents=True, exist_ok=True)
+    path = workdir / "metrics.jsonl"
+    if path.exists():
+      lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+      path.write_text("".join(l for l in lines if json.loads(l)["step"] <= resume_step),
+                      encoding="utf-8")
+    self._jsonl = open(path, "a", encoding="utf-8")
+    name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}"
+    self._events = open(workdir / "tb" / name, "ab")
+    version = b"\x09" + struct.pack("<d", time.time()) + _bytes_field(3, b"brain.Event:2")
+    self._events.write(tf_record(version))
+
+  def write(self, step: int, values: dict):
+    if not self.enabled:
+      return
+    logging.info("step %d: %s", step, ", ".join(f"{k} {v:.5g}" for k, v in values.items()))
+    self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
+    self._jsonl.flush()
+    self._events.write(tf_record(scalar_event(step, values, time.time())))
+    self._events.flush()
+
+  def close(self):
+    if self.enabled:
+      self._jsonl.close()
+      self._events.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Data, checkpoints, signals.
+# --------------------------------------------------------------------------------------------
+NO_DATA = ("no training data: config.data.path and --data_dir are empty and there is no "
+           "<repo>/../shared/data; prepare data with: python -m vdm_mri.data.prepare "
+           "--source=<slice .npz files or a folder of NIfTI volumes> --data_dir=DIR, then pass "
+           "--data_dir=DIR")
+
+
+def open_data(path: str):
+  """(train source, validation source or None) from a slice .npz file or a data directory.
+
+  `path` "" means `data.default_data_dir()`. A single .npz file is training data only.
+  """
+  where = pathlib.Path(path) if path else data.default_data_dir()
+  if where is None:
+    raise data.DataError(NO_DATA)
+  if where.suffix == ".npz":
+    return data.ArraySource(data.read_npz(where)), None
+  train_source = data.open_split("train", where)
+  try:
+    return train_source, data.open_split("validation", where)
+  except data.DataError as e:
+    logging.warning("no validation data, evaluation is off: %s", e)
+    return train_source, None
+
+
+def checkpoint_manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
+  """Async Orbax manager keeping the `keep` latest steps; each step is finalised atomically."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                         enable_async_checkpointing=True)
+  return ocp.CheckpointManager(directory.absolute(), options=options)
+
+
+def save_checkpoint(mngr, state: TrainState, iterator):
+  mngr.save(int(state.step), args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state), data=data.checkpoint_args(iterator)))
+
+
+def restore_checkpoint(mngr, state: TrainState, iterator, step: int | None = None):
+  """The state at `step` (default: latest) with `state`'s shapes and shardings; the iterator is
+  moved to the saved data position in place."""
+  step = mngr.latest_step() if step is None else step
+  abstract = jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract),
+      data=data.checkpoint_args(iterator, restore=True)))
+  return restored.state
+
+
+@contextlib.contextmanager
+def stop_on_signals():
+  """Within the block, SIGTERM/SIGINT append their number to the yielded list (the loop then
+  saves and stops); the same signal a second time acts as it would outside the block."""
+  received: list[int] = []
+  if threading.current_thread() is not threading.main_thread():
+    yield received
+    return
+
+  def handler(signum, _):
+    if signum in received:
+      signal.signal(signum, previous[signum])
+      signal.raise_signal(signum)
+      return
+    logging.warning("received %s: saving a checkpoint at the end of this step, then stopping "
+                    "(send it again to stop at once)", signal.Signals(signum).name)
+    received.append(signum)
+
+  previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    yield received
+  finally:
+    for s, h in previous.items():
+      signal.signal(s, h)
+
+
+def stop_requested(signals: list[int], check_all: bool) -> bool:
+  """Whether a signal asks to stop now. Several processes must agree (a collective that waits
+  for the running step), so they only compare notes when `check_all`."""
+  if jax.process_count() == 1:
+    return bool(signals)
+  if not check_all:
+    return False
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(multihost_utils.process_allgather(np.array(bool(signals))).any())
+
+
+# --------------------------------------------------------------------------------------------
+# The loop.
+# --------------------------------------------------------------------------------------------
+def train_and_evaluate(config, workdir) -> TrainState:
+  """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final state.
+
+  Raises data.DataError (no/bad data), NonFiniteLoss, TrainingInterrupted (after saving).
+  """
+  workdir = pathlib.Path(workdir)
+  train_source, val_source = open_data(config.data.path)
+  model = model_lib.from_config(config)
+  tx, _ = make_optimizer(config.optimizer)
+  mesh = make_mesh(jax.devices())
+  if config.training.batch_size % mesh.size:
+    raise ValueError(f"batch_size {config.training.batch_size} is not divisible by the "
+                     f"{mesh.size} devices")
+
+  key_state, key_eval = jax.random.split(jax.random.key(config.seed))
+  state = jax.device_put(jax.device_get(create_train_state(model, tx, key_state)),
+                         NamedSharding(mesh, P()))
+  iterator = data.train_iterator(train_source, global_batch=config.training.batch_size,
+                                 seed=config.seed)
+  mngr = checkpoint_manager(workdir / "checkpoints", config.training.keep_checkpoints)
+  if mngr.latest_step() is not None:
+    state = restore_checkpoint(mngr, state, iterator)
+    logging.info("restored checkpoint step %d from %s; data iterator state %s",
+                 int(state.step), mngr.directory, iterator.get_state())
+  writer = MetricWriter(workdir, resume_step=int(state.step),
+                        enabled=jax.process_index() == 0)
+  step_fn = jit_train_step(mesh, model, ml_collections.FrozenConfigDict(config.optimizer),
+                           config.loss.num_steps)
+  sharded = NamedSharding(mesh, P("data"))
+  eval_fn = None if val_source is None else functools.partial(
+      evaluate, jit_eval_step(mesh, model, config.loss.num_steps), source=val_source,
+      batch_size=config.training.batch_size, num_batches=config.training.eval_batches,
+      key=key_eval, sharding=sharded)
+  try:
+    with stop_on_signals() as signals:
+      state = _loop(state, config.training, step_fn, iterator, sharded, eval_fn, mngr, writer,
+                    signals)
+  except NonFiniteLoss as e:
+    mngr.wait_until_finished()
+    raise NonFiniteLoss(f"{e}; last good checkpoint: step {mngr.latest_step()} in "
+                        f"{mngr.directory}") from None
+  finally:
+    mngr.wait_until_finished()
+    mngr.close()
+    writer.close()
+  logging.info("done: step %d; checkpoints in %s", int(state.step), mngr.directory)
+  return state
+
+
+def _loop(state, cfg, step_fn, iterator, sharding, eval_fn, mngr, writer,
+          signals) -> TrainState:
+  """Steps until cfg.num_steps with periodic logs, evaluations and checkpoints."""
+  step = int(state.step)
+  history, tick = [], (time.perf_counter(), step)
+  bar = tqdm.tqdm(total=cfg.num_steps, initial=step, unit="step", dynamic_ncols=True,
+                  disable=None if writer.enabled else True)  # None: off when not a terminal
+  with bar:
+    while step < cfg.num_steps:
+      state, metrics = step_fn(state, make_global_batch(next(iterator), sharding))
+      step += 1
+      history.append(metrics)
+      bar.update()
+      stopping = stop_requested(signals, check_all=step % cfg.log_every == 0)
+      due_eval = eval_fn is not None and step % cfg.eval_every == 0
+      due_save = step % cfg.checkpoint_every == 0 or step == cfg.num_steps or stopping
+      flush = step % cfg.log_every == 0 or due_eval or due_save
+      if flush:
+        values = summarise(history, step - len(history) + 1)  # NonFiniteLoss: nothing saved
+        values["train/steps_per_s"] = (step - tick[1]) / (time.perf_counter() - tick[0])
+        values["train/images_per_s"] = values["train/steps_per_s"] * cfg.batch_size
+        writer.write(step, values)
+        bar.set_postfix(bpd=f"{values['train/bpd']:.4f}")
+        history = []
+      if due_eval:
+        writer.write(step, eval_fn(state.ema_params))
+      # Sample grids (prior and guided, vdm_mri/sampling.py) every cfg.sample_every steps
+      # belong here, from state.ema_params.
+      if due_save:
+        save_checkpoint(mngr, state, iterator)
+      if stopping:
+        raise TrainingInterrupted(signals[0], step)
+      if flush:  # the next interval times training only
+        tick = (time.perf_counter(), step)
+  return state
+
+
+# --------------------------------------------------------------------------------------------
+# Command line.
+# --------------------------------------------------------------------------------------------
+def define_flags():
+  """The command's flags (defined only when run as a command, so importing defines none)."""
+  config_flags.DEFINE_config_file("config", None, "configuration file (configs/*.py)")
+  flags.DEFINE_string("workdir", None, "work directory: checkpoints, metrics; resumed from")
+  flags.DEFINE_string("data_dir", None, "data directory or slice .npz file (overrides "
+                      "config.data.path)")
+  flags.DEFINE_bool("multi_host", False, "call jax.distributed.initialize() first (cluster "
+                    "settings auto-detected: SLURM, Open MPI, Kubernetes, Cloud TPU)")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
+class _QuietLibraries(py_logging.Filter):
+  """Drops INFO records from Orbax (dozens per checkpoint); warnings and errors pass."""
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
+
+
+def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  flag_values = flags.FLAGS
+  if flag_values.multi_host:
+    jax.distributed.initialize()
+  config = flag_values.config
+  if flag_values.data_dir is not None:
+    config.data.path = flag_values.data_dir
+  try:
+    train_and_evaluate(config, flag_values.workdir)
+  except data.DataError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  except NonFiniteLoss as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(1)
+  except TrainingInterrupted as e:
+    logging.warning("%s", e)
+    sys.exit(128 + e.signum)
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
