@@ -18,11 +18,12 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from PIL import Image
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 import vdm_mri
 from conftest import REPO, load_config
-from vdm_mri import data, train
+from vdm_mri import data, metric_writer, train
 from vdm_mri import model as model_lib
 
 NUM_STEPS = 4
@@ -36,7 +37,9 @@ def _config(data_path, **training):
   config.data.path = str(data_path)
   config.model.ch = 8
   config.training.update(batch_size=8, num_steps=NUM_STEPS, log_every=1, eval_every=2,
-                         eval_batches=1, checkpoint_every=2, keep_checkpoints=3)
+                         eval_batches=1, checkpoint_every=2, keep_checkpoints=3,
+                         sample_every=NUM_STEPS)
+  config.sampling.steps = 3
   config.training.update(training)
   return config
 
@@ -110,6 +113,16 @@ def test_run_writes_checkpoints_metrics_and_tensorboard(reference):
   assert train_lines[0]["train/learning_rate"] == 0.0  # warm-up starts at 0
   assert 0.0 < train_lines[-1]["train/learning_rate"] < 1e-3
   assert all(5.0 < l["train/bpd"] < 30.0 for l in train_lines)
+
+  # The config that sampling rebuilds the model from, and the sample grid of the last step.
+  saved = json.loads((workdir / "config.json").read_text())
+  assert saved["model"]["ch"] == 8 and saved["training"]["num_steps"] == NUM_STEPS
+  assert [p.name for p in (workdir / "samples").iterdir()] == [f"step_{NUM_STEPS:08d}.png"]
+  grid = np.asarray(Image.open(workdir / "samples" / f"step_{NUM_STEPS:08d}.png"))
+  assert grid.shape[0] == 4 * (128 + 2)  # prior, zero-fill, guided, truth rows
+  truth_row = grid[3 * 130:3 * 130 + 128, 90:90 + 128].astype(float) / 255
+  with np.load(vdm_mri.SAMPLE_DATA) as d:
+    np.testing.assert_allclose(truth_row, d["images"][0] / 4095, atol=1 / 255)
 
   events = list((workdir / "tb").glob("events.out.tfevents.*"))
   assert len(events) == 1
@@ -255,9 +268,9 @@ def test_parameterless_schedule_trains_state_and_checkpoints(tmp_path):
 
 
 def test_event_records_are_crc_checked_tfrecords():
-  assert train.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-  record = train.tf_record(train.scalar_event(7, {"a/b": 1.5}, wall_time=2.0))
-  assert list(_records(record)) == [train.scalar_event(7, {"a/b": 1.5}, wall_time=2.0)]
+  assert metric_writer.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
+  record = metric_writer.tf_record(metric_writer.scalar_event(7, {"a/b": 1.5}, wall_time=2.0))
+  assert list(_records(record)) == [metric_writer.scalar_event(7, {"a/b": 1.5}, wall_time=2.0)]
   corrupted = bytearray(record)
   corrupted[-5] ^= 1
   with pytest.raises(AssertionError):
@@ -268,7 +281,7 @@ def test_event_records_are_crc_checked_tfrecords():
 # An independent reader of TensorBoard event files (TFRecord framing + the Event protobuf).
 # --------------------------------------------------------------------------------------------
 def _masked_crc(b):
-  c = train.crc32c(b)
+  c = metric_writer.crc32c(b)
   return ((c >> 15 | c << 17) + 0xA282EAD8) & 0xFFFFFFFF
 
 

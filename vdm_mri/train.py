@@ -22,12 +22,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import json
 import logging as py_logging
+import os
 import pathlib
 import signal
-import socket
-import struct
 import sys
 import threading
 import time
@@ -45,7 +43,7 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
-from vdm_mri import data
+from vdm_mri import baselines, data, figures, kspace, metric_writer, sampling
 from vdm_mri import model as model_lib
 
 
@@ -187,9 +185,6 @@ def evaluate(eval_fn, params, source, *, batch_size: int, num_batches: int, key,
   return {f"eval/{k}": float(v / count) for k, v in totals.items()}
 
 
-# --------------------------------------------------------------------------------------------
-# Metrics: JSON lines and TensorBoard scalars (event files without TensorFlow).
-# --------------------------------------------------------------------------------------------
 _LAST = ("learning_rate", "gamma_0", "gamma_1")  # reported at the log step, the rest averaged
 
 
@@ -208,96 +203,6 @@ def summarise(history: list[dict], first_step: int) -> dict:
   names = [k for k in history[0] if k != "finite"]
   return {f"train/{k}": float(history[-1][k] if k in _LAST else np.mean([h[k] for h in history]))
           for k in names}
-
-
-def _crc32c_table() -> list[int]:
-  table = []
-  for i in range(256):
-    c = i
-    for _ in range(8):
-      c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
-    table.append(c)
-  return table
-
-
-_CRC32C = _crc32c_table()
-
-
-def crc32c(data_bytes: bytes) -> int:
-  """CRC-32C (Castagnoli), as TFRecord framing uses."""
-  c = 0xFFFFFFFF
-  for b in data_bytes:
-    c = _CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
-  return c ^ 0xFFFFFFFF
-
-
-def _varint(n: int) -> bytes:
-  out = bytearray()
-  while True:
-    out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
-    n >>= 7
-    if not n:
-      return bytes(out)
-
-
-def _bytes_field(number: int, payload: bytes) -> bytes:
-  return _varint(number << 3 | 2) + _varint(len(payload)) + payload
-
-
-def scalar_event(step: int, values: dict, wall_time: float) -> bytes:
-  """A serialised tensorboard Event{wall_time=1, step=2, summary=5{value=1{tag=1, simple=2}}}."""
-  summary = b"".join(
-      _bytes_field(1, _bytes_field(1, tag.encode()) + b"\x15" + struct.pack("<f", v))
-      for tag, v in values.items())
-  return (b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
-          + _bytes_field(5, summary))
-
-
-def tf_record(payload: bytes) -> bytes:
-  """TFRecord framing: length, masked CRC of length, payload, masked CRC of payload."""
-  def masked(b):
-    c = crc32c(b)
-    return struct.pack("<I", ((c >> 15 | c << 17) + 0xA282EAD8) & 0xFFFFFFFF)
-  length = struct.pack("<Q", len(payload))
-  return length + masked(length) + payload + masked(payload)
-
-
-class MetricWriter:
-  """Appends {"step", …} lines to metrics.jsonl, scalars to a TensorBoard event file, and logs.
-
-  With `resume_step`, lines of later steps (left by a run that died after its last checkpoint)
-  are dropped from metrics.jsonl first, so that every step appears once.
-  """
-
-  def __init__(self, workdir: pathlib.Path, *, resume_step: int = 0, enabled: bool = True):
-    self.enabled = enabled
-    if not enabled:
-      return
-    (workdir / "tb").mkdir(parents=True, exist_ok=True)
-    path = workdir / "metrics.jsonl"
-    if path.exists():
-      lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-      path.write_text("".join(l for l in lines if json.loads(l)["step"] <= resume_step),
-                      encoding="utf-8")
-    self._jsonl = open(path, "a", encoding="utf-8")
-    name = f"events.out.tfevents.{time.time():.0f}.{socket.gethostname()}"
-    self._events = open(workdir / "tb" / name, "ab")
-    version = b"\x09" + struct.pack("<d", time.time()) + _bytes_field(3, b"brain.Event:2")
-    self._events.write(tf_record(version))
-
-  def write(self, step: int, values: dict):
-    if not self.enabled:
-      return
-    logging.info("step %d: %s", step, ", ".join(f"{k} {v:.5g}" for k, v in values.items()))
-    self._jsonl.write(json.dumps({"step": step, **values}) + "\n")
-    self._jsonl.flush()
-    self._events.write(tf_record(scalar_event(step, values, time.time())))
-    self._events.flush()
-
-  def close(self):
-    if self.enabled:
-      self._jsonl.close()
-      self._events.close()
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,6 +294,40 @@ def stop_requested(signals: list[int], check_all: bool) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
+# Config and sample grids in the work dir.
+# --------------------------------------------------------------------------------------------
+def save_config(config, workdir: pathlib.Path):
+  """workdir/config.json (what `python -m vdm_mri.sample --checkpoint=workdir` rebuilds from)."""
+  workdir.mkdir(parents=True, exist_ok=True)
+  tmp = workdir / "config.json.tmp"
+  tmp.write_text(config.to_json_best_effort(indent=2))
+  os.replace(tmp, workdir / "config.json")
+
+
+def _first_images(source, n: int) -> np.ndarray:
+  """The first n images of a source as [n, H, W] float32 in [0, 1]."""
+  batch = next(iter(data.eval_batches(source, batch_size=n, process_index=0, process_count=1)))
+  return np.asarray(batch["image"][..., 0], np.float32)
+
+
+def write_sample_grid(step: int, params, *, model: model_lib.VDM, images: np.ndarray, key, cfg,
+                      workdir: pathlib.Path):
+  """workdir/samples/step_N.png: prior samples, and 4x (H/4 x W/4 k-space centre) guided
+  reconstructions of fixed validation images beside zero-filling and the ground truth."""
+  full = images.shape[1:]
+  y0 = kspace.measure(jnp.asarray(images), (full[0] // 4, full[1] // 4))
+  kwargs = dict(num_steps=cfg.steps, batch_size=len(images))
+  guided = sampling.posterior_samples(model, params, y0, key=key, num_samples=1, lam=cfg.lam,
+                                      final_projection=cfg.final_projection, **kwargs)
+  prior = sampling.prior_samples(model, params, key=jax.random.fold_in(key, 1),
+                                 num=len(images), **kwargs)
+  rows = {"prior": prior, "zero-fill": np.asarray(baselines.zero_fill(y0, full)),
+          "guided 4x": guided.mean, "truth": images}
+  path = figures.save_png(figures.grid(rows), workdir / "samples" / f"step_{step:08d}.png")
+  logging.info("wrote %s", path)
+
+
+# --------------------------------------------------------------------------------------------
 # The loop.
 # --------------------------------------------------------------------------------------------
 def train_and_evaluate(config, workdir) -> TrainState:
@@ -415,8 +354,14 @@ def train_and_evaluate(config, workdir) -> TrainState:
     state = restore_checkpoint(mngr, state, iterator)
     logging.info("restored checkpoint step %d from %s; data iterator state %s",
                  int(state.step), mngr.directory, iterator.get_state())
-  writer = MetricWriter(workdir, resume_step=int(state.step),
+  writer = metric_writer.MetricWriter(workdir, resume_step=int(state.step),
                         enabled=jax.process_index() == 0)
+  sample_fn = None
+  if jax.process_index() == 0:  # sampling runs on this process's devices only
+    save_config(config, workdir)
+    sample_fn = functools.partial(
+        write_sample_grid, model=model, images=_first_images(val_source or train_source, 4),
+        key=jax.random.fold_in(key_eval, 1), cfg=config.sampling, workdir=workdir)
   step_fn = jit_train_step(mesh, model, ml_collections.FrozenConfigDict(config.optimizer),
                            config.loss.num_steps)
   sharded = NamedSharding(mesh, P("data"))
@@ -427,7 +372,7 @@ def train_and_evaluate(config, workdir) -> TrainState:
   try:
     with stop_on_signals() as signals:
       state = _loop(state, config.training, step_fn, iterator, sharded, eval_fn, mngr, writer,
-                    signals)
+                    signals, sample_fn)
   except NonFiniteLoss as e:
     mngr.wait_until_finished()
     raise NonFiniteLoss(f"{e}; last good checkpoint: step {mngr.latest_step()} in "
@@ -440,8 +385,8 @@ def train_and_evaluate(config, workdir) -> TrainState:
   return state
 
 
-def _loop(state, cfg, step_fn, iterator, sharding, eval_fn, mngr, writer,
-          signals) -> TrainState:
+def _loop(state, cfg, step_fn, iterator, sharding, eval_fn, mngr, writer, signals,
+          sample_fn=None) -> TrainState:
   """Steps until cfg.num_steps with periodic logs, evaluations and checkpoints."""
   step = int(state.step)
   history, tick = [], (time.perf_counter(), step)
@@ -466,8 +411,8 @@ def _loop(state, cfg, step_fn, iterator, sharding, eval_fn, mngr, writer,
         history = []
       if due_eval:
         writer.write(step, eval_fn(state.ema_params))
-      # Sample grids (prior and guided, vdm_mri/sampling.py) every cfg.sample_every steps
-      # belong here, from state.ema_params.
+      if sample_fn is not None and step % cfg.sample_every == 0:
+        sample_fn(step, state.ema_params)
       if due_save:
         save_checkpoint(mngr, state, iterator)
       if stopping:

@@ -1,0 +1,47 @@
+"""PNG grids of images, written atomically (temporary file, then rename). numpy + Pillow only."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import tempfile
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+
+def to_uint8(image: np.ndarray, hi: float = 1.0) -> np.ndarray:
+  """Intensities in [0, hi] -> uint8 grey levels (clipped)."""
+  return (np.clip(np.asarray(image, np.float64) / hi, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def grid(rows: dict[str, np.ndarray], hi: float = 1.0, pad: int = 2,
+         label_width: int = 90) -> Image.Image:
+  """One row per entry of `rows` ({label: [N, H, W]}), N images side by side, label at the left."""
+  arrays = [np.asarray(a) for a in rows.values()]
+  n = max(a.shape[0] for a in arrays)
+  h = max(a.shape[1] for a in arrays)
+  w = max(a.shape[2] for a in arrays)
+  canvas = Image.new("L", (label_width + n * (w + pad), len(arrays) * (h + pad)), 0)
+  draw = ImageDraw.Draw(canvas)
+  for r, (label, a) in enumerate(zip(rows, arrays)):
+    top = r * (h + pad)
+    draw.text((4, top + h // 2 - 5), label, fill=255)
+    for c in range(a.shape[0]):
+      canvas.paste(Image.fromarray(to_uint8(a[c], hi)), (label_width + c * (w + pad), top))
+  return canvas
+
+
+def save_png(image: Image.Image, path) -> pathlib.Path:
+  """Write `image` to `path` atomically: a reader never sees a half-written file."""
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  try:
+    with os.fdopen(fd, "wb") as f:
+      image.save(f, format="PNG")
+    os.replace(tmp, path)
+  except BaseException:
+    pathlib.Path(tmp).unlink(missing_ok=True)
+    raise
+  return path
