@@ -5,21 +5,12 @@
 """
 
 import argparse
-import importlib.util
-import pathlib
 import time
 
 import jax
 import jax.numpy as jnp
 
 from vdm_mri import model as model_lib
-
-
-def load_config(path: str):
-  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def flops_of(compiled) -> float:
@@ -38,7 +29,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
 
-  config = load_config(args.config)
+  config = model_lib.load_config_file(args.config)
   if args.dtype:
     config.model.dtype = args.dtype
   vdm_model = model_lib.from_config(config)

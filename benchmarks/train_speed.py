@@ -11,8 +11,6 @@ device, divided by the batch size (forward + backward + optimiser).
 """
 
 import argparse
-import importlib.util
-import pathlib
 import time
 
 import jax
@@ -20,23 +18,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
+from forward import flops_of  # benchmarks/forward.py
 from vdm_mri import model as model_lib
 from vdm_mri import train
-
-
-def load_config(path: str):
-  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
-def flops_of(compiled) -> float:
-  """Total FLOPs XLA counts for a compiled program (cost_analysis is a dict or a list of dicts)."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost.get("flops", float("nan")))
 
 
 def main():
@@ -47,7 +31,7 @@ def main():
   parser.add_argument("--batch_size", type=int, default=None, help="global batch override")
   args = parser.parse_args()
 
-  config = load_config(args.config)
+  config = model_lib.load_config_file(args.config)
   if args.batch_size:
     config.training.batch_size = args.batch_size
   batch_size = config.training.batch_size

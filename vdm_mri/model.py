@@ -7,6 +7,8 @@ below them takes explicit arguments. Parameters live in one tree {"score": …, 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -78,6 +80,17 @@ def _has_params(module: nn.Module) -> bool:
 def _dtype_fields(kwargs: dict) -> dict:
   """Config dtype strings ('bfloat16') -> numpy dtypes for Flax."""
   return {k: (jnp.dtype(v) if k == "dtype" else v) for k, v in kwargs.items()}
+
+
+def load_config_file(path):
+  """`get_config()` of a config file such as configs/brain128.py (for scripts without absl)."""
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise FileNotFoundError(f"config file {path} not found")
+  spec = importlib.util.spec_from_file_location(path.stem, path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 def from_config(config) -> VDM:
