@@ -13,21 +13,12 @@ then timed in turns, best of --repeats, with block_until_ready:
 """
 
 import argparse
-import importlib.util
-import pathlib
 import time
 
 import jax
 
 from vdm_mri import kspace, sampling
 from vdm_mri import model as model_lib
-
-
-def load_config(path: str):
-  spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def compile_variant(sampler, args):
@@ -62,7 +53,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
 
-  config = load_config(args.config)
+  config = model_lib.load_config_file(args.config)
   vdm_model = model_lib.from_config(config)
   params = vdm_model.init(jax.random.key(0))
   mesh = sampling.make_mesh()

@@ -1,7 +1,6 @@
 """Tests for vdm_mri.data: readers, NIfTI processing, the TFDS builder, the grain loader."""
 
 import json
-import pathlib
 import sys
 
 import nibabel as nib
@@ -10,7 +9,6 @@ import pytest
 
 import vdm_mri
 from vdm_mri import data
-from vdm_mri.data import nifti
 from vdm_mri.data import prepare
 from vdm_mri.data import slices as slices_lib
 from vdm_mri.data.slices import DataError

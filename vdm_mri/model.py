@@ -37,6 +37,10 @@ class VDM:
     """
     return compile_unoptimised(self._init, key)(key)
 
+  def abstract_params(self):
+    """Shapes and dtypes of `init`'s parameters (jax.ShapeDtypeStruct leaves), computing nothing."""
+    return jax.eval_shape(self._init, jax.random.key(0))
+
   def _init(self, key):
     key_score, key_gamma = jax.random.split(key)
     z = jnp.zeros((1, *self.image_shape), jnp.float32)

@@ -219,7 +219,7 @@ def load_params(workdir: pathlib.Path, model: model_lib.VDM):
   except Exception as e:  # Orbax raises many types for unreadable checkpoints
     raise InputError(f"{state_dir}: cannot read checkpoint metadata ({type(e).__name__}: "
                      f"{e})".splitlines()[0]) from e
-  expected = jax.eval_shape(model._init, jax.random.key(0))  # pylint: disable=protected-access
+  expected = model.abstract_params()
   mismatch = _param_mismatch(_shapes(expected), _shapes(saved))
   if mismatch:
     raise InputError(f"checkpoint {state_dir} does not match the config: {mismatch}")

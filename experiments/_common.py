@@ -1,0 +1,150 @@
+"""Shared plumbing of the experiment scripts: flags, the model, validation slices, outputs.
+
+Every script: `--checkpoint=WORKDIR` (a training work dir; the bundled pretrained prior once it
+exists), `--data` (default ../shared/data/brain_t1w_val.npz, else the bundled 16-slice sample),
+`--outdir`, `--quick` (a few slices and steps: minutes on a CPU). Bad input: one line, exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import os
+import pathlib
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import vdm_mri
+from vdm_mri import baselines, data, kspace, metrics, sample
+from vdm_mri import model as model_lib
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED_VAL = REPO.parent / "shared" / "data" / "brain_t1w_val.npz"
+
+
+def parser(description: str, *, steps: int = 1000, quick_steps: int = 20) -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(description=description)
+  p.add_argument("--checkpoint", default=None, help="training work dir (orbax checkpoints)")
+  p.add_argument("--config", default=None, help="config file; default: WORKDIR/config.json")
+  p.add_argument("--data", default=None, help="validation slices .npz (default: shared or "
+                 "bundled sample)")
+  p.add_argument("--outdir", required=True, help="folder for the PNG and CSV/JSON outputs")
+  p.add_argument("--quick", action="store_true", help="few slices and steps (CPU smoke run)")
+  p.add_argument("--steps", type=int, default=None,
+                 help=f"reverse steps (default {steps}, --quick {quick_steps})")
+  p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--batch_size", type=int, default=8, help="images per compiled sampler call")
+  p.set_defaults(default_steps=steps, quick_steps=quick_steps)
+  return p
+
+
+def num_steps(args) -> int:
+  if args.steps is not None:
+    return args.steps
+  return args.quick_steps if args.quick else args.default_steps
+
+
+@contextlib.contextmanager
+def exit_on_bad_input():
+  """InputError / DataError / ValueError from loading -> one line on stderr, exit code 2."""
+  try:
+    yield
+  except (sample.InputError, data.DataError, FileNotFoundError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+
+
+def load_model(args):
+  """(model.VDM, EMA params) from --checkpoint (and --config)."""
+  workdir = sample.resolve_workdir(args.checkpoint)
+  config = model_lib.load_config_file(args.config) if args.config else None
+  config = sample.load_config(workdir, config)
+  vdm_model = model_lib.from_config(config)
+  return vdm_model, sample.load_params(workdir, vdm_model)
+
+
+def load_slices(args):
+  """(images [N, H, W] float32 in [0, 1], subjects [N]) from --data or the default."""
+  path = pathlib.Path(args.data) if args.data else (
+      SHARED_VAL if SHARED_VAL.exists() else vdm_mri.SAMPLE_DATA)
+  slices = data.read_npz(path)
+  images = slices.images.astype(np.float32) / data.QUANT_MAX
+  print(f"data: {path} ({images.shape[0]} slices, {len(set(slices.subject))} subjects)")
+  return images, np.asarray(slices.subject)
+
+
+def pick_slices(subjects: np.ndarray, per_subject: int, max_subjects: int | None = None):
+  """Indices of `per_subject` slices at the centres of equal parts of the middle 60 % of each
+  subject's slices (one slice: the middle one), subjects in first-appearance order: a fixed,
+  stated subset."""
+  picked = []
+  for sid in list(dict.fromkeys(subjects.tolist()))[:max_subjects]:
+    idx = np.flatnonzero(subjects == sid)
+    centres = 0.2 + 0.6 * (np.arange(per_subject) + 0.5) / per_subject  # fractions of the stack
+    picked += idx[np.unique((centres * len(idx)).astype(int))].tolist()
+  return np.asarray(picked)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+  h, _, w = text.partition("x")
+  return int(h), int(w or h)
+
+
+def baseline_images(y0, full_shape) -> dict[str, np.ndarray]:
+  """Zero-filling, bilinear and bicubic (grid-aligned) from the measurement: {name: [N, H, W]}."""
+  return {name: np.asarray(fn(y0, full_shape), np.float32) for name, fn in (
+      ("zero-fill", baselines.zero_fill), ("bilinear", baselines.bilinear),
+      ("bicubic", baselines.bicubic))}
+
+
+def lowres_display(y0, full_shape) -> np.ndarray:
+  """|low-res image|, nearest-neighbour enlarged on the centred-DFT grid: [N, H, W]."""
+  x_lr = np.abs(np.asarray(kspace.lowres_from_measurement(jnp.asarray(y0), full_shape)))
+  (H, W), (h, w) = full_shape, x_lr.shape[1:]
+  rows = np.clip(np.round(baselines.grid_coords(H, h)).astype(int), 0, h - 1)
+  cols = np.clip(np.round(baselines.grid_coords(W, w)).astype(int), 0, w - 1)
+  return x_lr[:, rows][:, :, cols]
+
+
+def scores(gt, pred, subjects, y0=None) -> dict:
+  """Per-volume PSNR / SSIM / NMSE averaged over subjects, and the mean data-consistency
+  residual when the measurement is given."""
+  out = metrics.evaluate(gt, pred, subjects)
+  out.pop("per_subject")
+  if y0 is not None:
+    out["residual"] = float(np.mean(metrics.data_consistency(jnp.asarray(pred), y0)))
+  return out
+
+
+def _atomic_write(path: pathlib.Path, text: str):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+def write_json(path: pathlib.Path, obj):
+  _atomic_write(path, json.dumps(obj, indent=2, default=float) + "\n")
+  print(f"wrote {path}")
+
+
+def write_csv(path: pathlib.Path, rows: list[dict]):
+  import io
+  buf = io.StringIO()
+  writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+  writer.writeheader()
+  writer.writerows(rows)
+  _atomic_write(path, buf.getvalue())
+  print(f"wrote {path}")
+
+
+def measure(images, lowres, sigma_y: float, key):
+  """ŷ₀ for each image: [N, h, w] complex64 (σ_y complex noise, per-image keys)."""
+  keys = jax.random.split(key, images.shape[0])
+  return jax.vmap(lambda x, k: kspace.measure(x, lowres, key=k, sigma_y=sigma_y))(
+      jnp.asarray(images), keys)
