@@ -1,6 +1,6 @@
 """A tiny model for CPU tests and smoke runs: trains a few steps in seconds.
 
-    python -m vdm_mri.train --config=configs/tiny.py --workdir=/tmp/vdm_tiny
+    python -m vdm_mri.train --config=configs/tiny.py --workdir=runs/tiny
 """
 
 import importlib.util

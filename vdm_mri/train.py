@@ -75,7 +75,7 @@ def decay_mask(params):
   """True where AdamW decays: everything but biases, norm scales and the schedule ("gamma")."""
   def decays(path, _):
     return path[0].key != "gamma" and path[-1].key not in ("bias", "scale")
-  return jax.tree_util.tree_map_with_path(decays, params)
+  return jax.tree.map_with_path(decays, params)
 
 
 def make_optimizer(opt) -> tuple[optax.GradientTransformation, optax.Schedule]:
