@@ -3,22 +3,15 @@
     python -m vdm_mri.train --config=configs/brain128_unet.py --workdir=runs/brain128_unet
 """
 
-import importlib.util
 import pathlib
 
 import ml_collections
 
-
-def _base():
-  path = pathlib.Path(__file__).with_name("brain128.py")
-  spec = importlib.util.spec_from_file_location("brain128", path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+from vdm_mri.model import load_config_file
 
 
 def get_config():
-  config = _base()
+  config = load_config_file(pathlib.Path(__file__).with_name("brain128.py"))  # the paper
   config.model = ml_collections.ConfigDict()
   config.model.kind = "unet"  # multi-resolution U-Net (vdm_mri.unet.UNet)
   config.model.ch = 64  # channels at full resolution
