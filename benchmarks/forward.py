@@ -1,7 +1,11 @@
 """Score-network forward pass: parameters, FLOPs per image (XLA cost analysis), time on this backend.
 
     python benchmarks/forward.py --config=configs/brain128.py --batch=1
-    python benchmarks/forward.py --config=configs/brain128_unet.py --batch=1 --dtype=bfloat16
+    python benchmarks/forward.py --config=configs/brain128_unet.py --batch=8 --dtype=bfloat16
+
+One device. Compile (lower + compile) is timed separately, then one warm-up call, then the best of
+--repeats calls, each ending in block_until_ready. --dtype overrides config.model.dtype (the
+compute dtype; parameters stay float32).
 """
 
 import argparse
@@ -10,15 +14,8 @@ import time
 import jax
 import jax.numpy as jnp
 
+from _bench import flops_of, memory_line, throughput_line  # benchmarks/_bench.py
 from vdm_mri import model as model_lib
-
-
-def flops_of(compiled) -> float:
-  """Total FLOPs XLA counts for a compiled program (cost_analysis is a dict or a list of dicts)."""
-  cost = compiled.cost_analysis()
-  if isinstance(cost, (list, tuple)):
-    cost = cost[0]
-  return float(cost.get("flops", float("nan")))
 
 
 def main():
@@ -38,6 +35,7 @@ def main():
   z = jax.random.normal(jax.random.key(1), (args.batch, *vdm_model.image_shape))
   g = jnp.full((args.batch,), 0.5)
   forward = jax.jit(vdm_model.network.apply)
+  device = jax.devices()[0]
 
   start = time.perf_counter()
   compiled = forward.lower({"params": params["score"]}, z, g).compile()
@@ -52,11 +50,13 @@ def main():
   best = min(times)
   print(f"config={args.config} model={config.model.kind} dtype={config.model.dtype} "
         f"image={vdm_model.image_shape} batch={args.batch} backend={jax.default_backend()} "
-        f"device={jax.devices()[0].device_kind}")
+        f"device={device.device_kind}")
   print(f"parameters: {n_params:,}")
-  print(f"forward GFLOP per image (XLA cost analysis): {flops / args.batch / 1e9:.1f}")
+  print(f"forward GFLOP per image (XLA cost analysis): {flops / args.batch / 1e9:.4g}")
   print(f"compile: {compile_s:.1f} s; forward: best {best * 1e3:.1f} ms of {args.repeats} "
-        f"({best / args.batch * 1e3:.1f} ms/image, {flops / best / 1e12:.3f} TFLOP/s)")
+        f"({best / args.batch * 1e3:.2f} ms/image, {args.batch / best:.2f} images/s)")
+  print(f"achieved: {throughput_line(flops, best, device, config.model.dtype)}; "
+        f"{memory_line(device)}")
 
 
 if __name__ == "__main__":

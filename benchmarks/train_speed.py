@@ -2,12 +2,15 @@
 
     python benchmarks/train_speed.py --config=configs/tiny.py
     python benchmarks/train_speed.py --config=configs/brain128_unet.py --batch_size=2 --steps=3
+    python benchmarks/train_speed.py --config=configs/brain128_unet.py --dtype=bfloat16
 
 The step is the one training runs (data parallel over every device of the default backend, state
 donated); the batch is random on-grid images already on the devices, so the input pipeline is not
 timed. Compilation and warm-up steps are excluded; each timed step ends in
 `block_until_ready`. FLOPs per image are XLA's cost analysis of the same step compiled for one
-device, divided by the batch size (forward + backward + optimiser).
+device, divided by the batch size (forward + backward + optimiser); achieved TFLOP/s are those
+FLOPs over the mean step time, as a fraction of the peak of all devices together. --dtype overrides
+config.model.dtype (the compute dtype; parameters and optimiser state stay float32).
 """
 
 import argparse
@@ -18,7 +21,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from forward import flops_of  # benchmarks/forward.py
+from _bench import flops_of, memory_line, throughput_line  # benchmarks/_bench.py
 from vdm_mri import model as model_lib
 from vdm_mri import train
 
@@ -29,11 +32,14 @@ def main():
   parser.add_argument("--steps", type=int, default=5, help="timed steps")
   parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (compiles)")
   parser.add_argument("--batch_size", type=int, default=None, help="global batch override")
+  parser.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
   args = parser.parse_args()
 
   config = model_lib.load_config_file(args.config)
   if args.batch_size:
     config.training.batch_size = args.batch_size
+  if args.dtype:
+    config.model.dtype = args.dtype
   batch_size = config.training.batch_size
   model = model_lib.from_config(config)
   optimizer = ml_collections.FrozenConfigDict(config.optimizer)
@@ -72,14 +78,17 @@ def main():
     jax.block_until_ready((run_state, metrics))
     times.append(time.perf_counter() - start)
   mean = float(np.mean(times))
+  device = jax.devices()[0]
   print(f"config={args.config} model={config.model.kind} dtype={config.model.dtype} "
         f"image={model.image_shape} batch={batch_size} backend={jax.default_backend()} "
-        f"devices={mesh.size}x{jax.devices()[0].device_kind}")
+        f"devices={mesh.size}x{device.device_kind}")
   print(f"train step GFLOP per image (XLA cost analysis, fwd+bwd+update): "
-        f"{flops / batch_size / 1e9:.2f}")
+        f"{flops / batch_size / 1e9:.4g}")
   print(f"compile {compile_s:.1f} s; warm-up {args.warmup} steps {warmup_s:.1f} s")
   print(f"step time: mean {mean * 1e3:.1f} ms, min {min(times) * 1e3:.1f} ms over {args.steps} "
-        f"steps; {batch_size / mean:.2f} images/s; {flops / mean / 1e12:.3f} TFLOP/s")
+        f"steps; {batch_size / mean:.2f} images/s")
+  print(f"achieved: {throughput_line(flops, mean, device, config.model.dtype, mesh.size)}; "
+        f"{memory_line(device)}")
 
 
 if __name__ == "__main__":
