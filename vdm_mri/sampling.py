@@ -116,10 +116,14 @@ def _report_progress(steps_done):
     fn(int(steps_done))
 
 
-def _maybe_report(i, num_steps: int, progress_every: int):
-  """Host callback with the number of steps done, after step i when it is a multiple of k."""
+def _maybe_report(i, num_steps: int, progress_every: int, axis_name: str | None = None):
+  """Host callback with the number of steps done, after step i when it is a multiple of k.
+  Inside shard_map over `axis_name`, only the first shard reports."""
   done = num_steps - i + 1
-  jax.lax.cond((done % progress_every == 0) | (done == num_steps),
+  due = (done % progress_every == 0) | (done == num_steps)
+  if axis_name is not None:
+    due = due & (jax.lax.axis_index(axis_name) == 0)
+  jax.lax.cond(due,
                lambda: jax.debug.callback(_report_progress, done), lambda: None)
 
 
@@ -133,7 +137,8 @@ def decode_image(z_0, gamma_0, bits: int):
 
 def sample(keys, y0=None, lam=1.0, *, eps_fn: EpsFn, gamma_fn: GammaFn, bits: int,
            gamma_min: float, gamma_max: float, image_shape: tuple[int, int], num_steps: int,
-           final_projection: bool = False, progress_every: int = 0):
+           final_projection: bool = False, progress_every: int = 0,
+           axis_name: str | None = None):
   """Guided ancestral sampling, N = num_steps steps: x̂ [B, H, W] float32 intensities.
 
   keys: [B] typed PRNG keys, one per sample. y0: [B, h, w] complex64 measurement of the image
@@ -154,7 +159,7 @@ def sample(keys, y0=None, lam=1.0, *, eps_fn: EpsFn, gamma_fn: GammaFn, bits: in
   def body(z_t, i):
     z_s = step(z_t, key_loop, i, gammas[i], gammas[i - 1])
     if progress_every:
-      _maybe_report(i, num_steps, progress_every)
+      _maybe_report(i, num_steps, progress_every, axis_name)
     return z_s, None
 
   steps = num_steps - jnp.arange(num_steps)  # i = N, …, 1
@@ -187,16 +192,22 @@ def make_sampler(model, mesh: jax.sharding.Mesh, *, num_steps: int, guided: bool
   once. Cached on its (hashable) arguments.
   """
   kwargs = dict(model_sampler_kwargs(model), num_steps=num_steps,
-                final_projection=final_projection, progress_every=progress_every)
+                final_projection=final_projection, progress_every=progress_every,
+                axis_name="data")
 
   def fn(params, keys, y0=None, lam=1.0):
     return sample(keys, y0, lam, eps_fn=model.eps_fn(params), gamma_fn=model.gamma_fn(params),
                   **kwargs)
 
+  # Every sample is independent, so each device runs the whole sampler on its own shard
+  # (shard_map): no cross-device traffic, and the batched FFTs of the guidance stay local
+  # (left to the SPMD partitioner they were all-gathered onto every device).
+  specs = (P(), P("data"), P("data"), P()) if guided else (P(), P("data"))
+  per_device = jax.shard_map(fn if guided else (lambda params, keys: fn(params, keys)),
+                             mesh=mesh, in_specs=specs, out_specs=P("data"))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   in_shardings = (replicated, sharded, sharded, replicated) if guided else (replicated, sharded)
-  return jax.jit(fn if guided else (lambda params, keys: fn(params, keys)),
-                 in_shardings=in_shardings, out_shardings=sharded)
+  return jax.jit(per_device, in_shardings=in_shardings, out_shardings=sharded)
 
 
 # --------------------------------------------------------------------------------------------
