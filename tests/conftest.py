@@ -7,6 +7,7 @@ import pathlib
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+os.environ["VDM_MRI_COMPILATION_CACHE"] = ""  # CLIs called in-process: no cache writes in tests
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

@@ -634,6 +634,7 @@ def main(argv=None) -> int:
     print(fv.get_help())
     return 0
   logging.set_verbosity(logging.WARNING)
+  vdm_mri.enable_compilation_cache()
   try:
     rest = fv(argv)
     if len(rest) > 1:

@@ -43,6 +43,7 @@ from absl import app, flags, logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
+import vdm_mri
 from vdm_mri import baselines, data, figures, kspace, metric_writer, sampling
 from vdm_mri import model as model_lib
 
@@ -448,6 +449,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   flag_values = flags.FLAGS
+  vdm_mri.enable_compilation_cache()
   if flag_values.multi_host:
     jax.distributed.initialize()
   config = flag_values.config
