@@ -57,9 +57,10 @@ def _sample_gt(n=None):
 # --------------------------------------------------------------------------------------------
 # End to end.
 # --------------------------------------------------------------------------------------------
-def test_simulated_32x32_on_the_bundled_sample(workdir, tmp_path, capsys):
+def test_simulated_32x32_on_the_bundled_sample(workdir, tmp_path, capsys, monkeypatch):
   out = tmp_path / "sr.npz"
-  assert _run(f"--checkpoint={workdir}", "--simulate", "--lowres=32x32", f"--output={out}",
+  monkeypatch.chdir(workdir.parent)  # a relative --checkpoint, as users type it
+  assert _run(f"--checkpoint={workdir.name}", "--simulate", "--lowres=32x32", f"--output={out}",
               f"--png={tmp_path / 'png'}", "--samples", *STEPS) == 0
   gt, subject = _sample_gt()
   with np.load(out) as r:

@@ -154,7 +154,7 @@ def resolve_workdir(flag: str | None) -> pathlib.Path:
   path = pathlib.Path(path)
   if not path.is_dir():
     raise InputError(f"--checkpoint {path}: no such directory")
-  return path
+  return path.absolute()  # Orbax's metadata reader fails on relative paths
 
 
 def _tuples(value):
