@@ -333,3 +333,21 @@ def _read_scalars(path) -> dict:
       v = dict(_fields(value))
       out[(event[2], v[1].decode())] = np.float32(struct.unpack("<f", v[2])[0])
   return out
+
+
+def test_evaluation_batches_span_the_whole_validation_set():
+  # 5 subjects x 8 slices, batch 8, 2 eval batches: the first and the last subject, not 0 and 1.
+  images = np.repeat(np.arange(5, dtype=np.uint16) * 100, 8)[:, None, None] * np.ones(
+      (1, 4, 4), np.uint16)
+  source = data.ArraySource(images, subject=np.repeat([f"s{i}" for i in range(5)], 8),
+                            slice_index=np.tile(np.arange(8), 5))
+  seen = []
+
+  def eval_fn(params, images, valid, key):
+    seen.append(int(round(float(images[0, 0, 0, 0]) * 4095 / 100)))
+    return {"bpd": jnp.sum(images[..., 0, 0, 0] * valid), "count": jnp.sum(valid)}
+
+  mesh = train.make_mesh(jax.devices()[:1])
+  train.evaluate(eval_fn, None, source, batch_size=8, num_batches=2, key=jax.random.key(0),
+                 sharding=NamedSharding(mesh, P("data")))
+  assert seen == [0, 4]

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import itertools
+import math
 import logging as py_logging
 import os
 import pathlib
@@ -173,11 +173,17 @@ def make_global_batch(local, sharding):
 
 def evaluate(eval_fn, params, source, *, batch_size: int, num_batches: int, key,
              sharding) -> dict:
-  """Mean bits/dim (and terms) over the first `num_batches` validation batches, fixed keys."""
+  """Mean bits/dim (and terms) over `num_batches` validation batches spread evenly over the
+  ordered validation pass (so every subject is represented, not just the first), fixed keys."""
   local = batch_size // jax.process_count()
+  n_total = max(1, math.ceil(len(source) / batch_size))
+  wanted = set(np.linspace(0, n_total - 1, min(num_batches, n_total)).round().astype(int))
   totals = None
-  for i, batch in enumerate(itertools.islice(
-      data.eval_batches(source, batch_size=local), num_batches)):
+  for i, batch in enumerate(data.eval_batches(source, batch_size=local)):
+    if i > max(wanted):
+      break
+    if i not in wanted:
+      continue
     images, valid = make_global_batch((batch["image"], batch["valid"]), sharding)
     sums = eval_fn(params, images, valid, jax.random.fold_in(key, i))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
