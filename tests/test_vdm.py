@@ -218,3 +218,13 @@ def test_tiny_model_loss_falls_on_real_slices(shared_train_slices):
     params, opt_state, _ = step(params, opt_state, jax.random.key(i), batch)
   after = float(eval_bpd(params))
   assert after < before - 0.5, (before, after)
+
+
+def test_reconstruction_gradient_is_finite_far_in_the_tails():
+  # z_0/α_0 many bin widths away from f (both tails, edge bins included) at several γ_0.
+  f = vdm.encode(jnp.array([0.0, 0.5, 1.0]), BITS).reshape(1, 3, 1, 1)
+  for gamma_0 in (-13.3, 0.0, 17.0):
+    for z in (-14.0, -2.0, 2.0, 14.0):
+      grad = jax.grad(lambda z0: vdm.reconstruction_nll(f, z0, jnp.array([gamma_0]), BITS).sum())(
+          jnp.full_like(f, z))
+      assert bool(jnp.all(jnp.isfinite(grad))), (gamma_0, z, grad)

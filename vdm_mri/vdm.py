@@ -90,8 +90,12 @@ def _log_diff_ndtr(a, b):
 
 
 def _log1mexp(x):
-  """log(1 - exp(x)) for x < 0, accurate near 0 and for very negative x."""
-  return jnp.where(x > -math.log(2.0), jnp.log(-jnp.expm1(x)), jnp.log1p(-jnp.exp(x)))
+  """log(1 - exp(x)) for x < 0, accurate near 0 and for very negative x. Each branch gets a safe
+  argument where it is not used, so that its gradient is finite there (jnp.where differentiates
+  both branches)."""
+  near_zero = x > -math.log(2.0)
+  return jnp.where(near_zero, jnp.log(-jnp.expm1(jnp.where(near_zero, x, -1.0))),
+                   jnp.log1p(-jnp.exp(jnp.where(near_zero, -1.0, x))))
 
 
 def reconstruction_nll(f, z_0, gamma_0, bits: int):
