@@ -82,3 +82,12 @@ def throughput_line(flops: float, seconds: float, device, dtype, num_devices: in
     return f"{achieved:.4g} TFLOP/s (peak unknown)"
   return (f"{achieved:.4g} TFLOP/s ({achieved / (peak * num_devices):.1%} of the dense "
           f"{peak_key(dtype)} peak, {peak:g} TFLOP/s x {num_devices} {device.device_kind})")
+
+
+def load_config(path: str, dtype: str | None):
+  """configs/*.py's config, with the compute dtype overridden when `dtype` is given."""
+  from vdm_mri import model as model_lib  # pylint: disable=g-import-not-at-top
+  config = model_lib.load_config_file(path)
+  if dtype:
+    config.model.dtype = dtype
+  return config

@@ -14,7 +14,8 @@ import time
 import jax
 import jax.numpy as jnp
 
-from _bench import flops_of, memory_line, throughput_line  # benchmarks/_bench.py
+# benchmarks/_bench.py
+from _bench import flops_of, memory_line, throughput_line, load_config
 from vdm_mri import model as model_lib
 
 
@@ -26,9 +27,7 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
 
-  config = model_lib.load_config_file(args.config)
-  if args.dtype:
-    config.model.dtype = args.dtype
+  config = load_config(args.config, args.dtype)
   vdm_model = model_lib.from_config(config)
   params = vdm_model.init(jax.random.key(0))
   n_params = sum(x.size for x in jax.tree.leaves(params["score"]))

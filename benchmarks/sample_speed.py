@@ -33,7 +33,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from _bench import flops_of, is_out_of_memory, memory_line, throughput_line  # benchmarks/_bench.py
+# benchmarks/_bench.py
+from _bench import (flops_of, is_out_of_memory, load_config, memory_line,
+                    throughput_line)
 from vdm_mri import kspace, sampling, vdm
 from vdm_mri import model as model_lib
 
@@ -138,9 +140,7 @@ def main():
   parser.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
   args = parser.parse_args()
 
-  config = model_lib.load_config_file(args.config)
-  if args.dtype:
-    config.model.dtype = args.dtype
+  config = load_config(args.config, args.dtype)
   vdm_model = model_lib.from_config(config)
   params = vdm_model.init(jax.random.key(0))
   mesh = sampling.make_mesh()

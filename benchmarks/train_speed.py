@@ -21,7 +21,8 @@ import ml_collections
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from _bench import flops_of, memory_line, throughput_line  # benchmarks/_bench.py
+# benchmarks/_bench.py
+from _bench import flops_of, memory_line, throughput_line, load_config
 from vdm_mri import model as model_lib
 from vdm_mri import train
 
@@ -35,11 +36,9 @@ def main():
   parser.add_argument("--dtype", default=None, help="compute dtype override, e.g. bfloat16")
   args = parser.parse_args()
 
-  config = model_lib.load_config_file(args.config)
+  config = load_config(args.config, args.dtype)
   if args.batch_size:
     config.training.batch_size = args.batch_size
-  if args.dtype:
-    config.model.dtype = args.dtype
   batch_size = config.training.batch_size
   model = model_lib.from_config(config)
   optimizer = ml_collections.FrozenConfigDict(config.optimizer)
