@@ -167,3 +167,12 @@ def test_out_of_memory_is_told_from_other_runtime_errors():
   assert _bench.is_out_of_memory(oom)
   assert not _bench.is_out_of_memory(jax.errors.JaxRuntimeError("INVALID_ARGUMENT: bad shape"))
   assert not _bench.is_out_of_memory(ValueError("RESOURCE_EXHAUSTED"))
+
+
+def test_bf16_check_compares_dtype_and_seed_differences(micro_config):
+  out = run_script("bf16_check", f"--config={micro_config}", "--num_images=1",
+                   "--num_samples=1", "--steps=2", "--batch_size=1")
+  d_dtype = number(r"bf16 vs fp32 \(same seed\) ([\d.e+-]+)", out)
+  d_seed = number(r"fp32 seed B vs seed A ([\d.e+-]+)", out)
+  assert positive(d_dtype) and positive(d_seed)  # bf16 really changes the computation
+  assert re.search(r"bf16 within seed-to-seed variation: (yes|no)", out)
