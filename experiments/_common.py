@@ -105,10 +105,7 @@ def baseline_images(y0, full_shape) -> dict[str, np.ndarray]:
 def lowres_display(y0, full_shape) -> np.ndarray:
   """|low-res image|, nearest-neighbour enlarged on the centred-DFT grid: [N, H, W]."""
   x_lr = np.abs(np.asarray(kspace.lowres_from_measurement(jnp.asarray(y0), full_shape)))
-  (H, W), (h, w) = full_shape, x_lr.shape[1:]
-  rows = np.clip(np.round(baselines.grid_coords(H, h)).astype(int), 0, h - 1)
-  cols = np.clip(np.round(baselines.grid_coords(W, w)).astype(int), 0, w - 1)
-  return x_lr[:, rows][:, :, cols]
+  return baselines.nearest_enlarge(x_lr, full_shape)
 
 
 def scores(gt, pred, subjects, y0=None) -> dict:

@@ -191,3 +191,17 @@ def test_design_table_is_reproduced(low):
         got = metrics.evaluate(x, pred, data["subject"])
         assert got["psnr"] == pytest.approx(want_psnr, abs=0.05), name
         assert got["ssim"] == pytest.approx(want_ssim, abs=0.002), name
+
+
+def test_nearest_enlarge_sits_on_the_fft_grid():
+    # 4x: the DC pixel H//2 shows low-res h//2 (a pixel-centre resize would put it 1.5 px away)
+    # and every interior low-res row fills 4 high-res rows; batched, non-square input.
+    x_lr = np.arange(2 * 8 * 4, dtype=np.float32).reshape(2, 8, 4)
+    big = baselines.nearest_enlarge(x_lr, (32, 16))
+    assert big.shape == (2, 32, 16)
+    np.testing.assert_array_equal(big[:, 16, 8], x_lr[:, 4, 2])
+    # Low-res row k covers high-res rows 4k-2 … 4k+1 (pixel-centre resizing: 4k … 4k+3).
+    np.testing.assert_array_equal(big[:, 14, 8], x_lr[:, 4, 2])
+    np.testing.assert_array_equal(big[:, 13, 8], x_lr[:, 3, 2])
+    rows_per_lowres = np.bincount((big[0, :, 0] // 4).astype(int), minlength=8)  # x_lr[0,k,0]=4k
+    assert rows_per_lowres[1:-1].tolist() == [4] * 6 and rows_per_lowres.sum() == 32

@@ -114,3 +114,13 @@ def bicubic(y0, full_shape):
 def bicubic_keys(y0, full_shape):
     """Grid-aligned Keys cubic convolution (a = -0.5) of |x_lr| onto H×W (edge clamp)."""
     return _resample(y0, full_shape, _keys_matrix)
+
+
+def nearest_enlarge(x_lr, full_shape):
+    """Nearest-neighbour enlargement of `[..., h, w]` to `[..., H, W]` on the FFT-aligned grid
+    (G), for displaying a low-res image beside 128x128 results without a half-pixel shift."""
+    x_lr = np.asarray(x_lr)
+    (H, W), (h, w) = full_shape, x_lr.shape[-2:]
+    rows = np.clip(np.floor(grid_coords(H, h) + 0.5).astype(int), 0, h - 1)  # ties: up
+    cols = np.clip(np.floor(grid_coords(W, w) + 0.5).astype(int), 0, w - 1)
+    return x_lr[..., rows, :][..., cols]

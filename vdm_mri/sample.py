@@ -66,7 +66,7 @@ from ml_collections import config_flags
 from PIL import Image, ImageDraw
 
 import vdm_mri
-from vdm_mri import baselines, kspace, metrics, sampling
+from vdm_mri import baselines, figures, kspace, metrics, sampling
 from vdm_mri import model as model_lib
 from vdm_mri.data import nifti as nifti_lib
 
@@ -527,14 +527,10 @@ def nifti_output(volume: np.ndarray, source: nib.Nifti1Image) -> nib.Nifti1Image
   return image
 
 
-def _window(a: np.ndarray, hi: float) -> np.ndarray:
-  return (np.clip(a / max(hi, 1e-12), 0.0, 1.0) * 255).round().astype(np.uint8)
-
-
 def png_panel(panels: dict[str, np.ndarray], hi: float, std_hi: float) -> Image.Image:
   """One row of labelled H×W grey panels; the std panel has its own window."""
   label_h = 14
-  images = [_window(p, std_hi if name == "std" else hi) for name, p in panels.items()]
+  images = [figures.to_uint8(p, max(std_hi if name == "std" else hi, 1e-12)) for name, p in panels.items()]
   H, W = images[0].shape
   canvas = Image.new("L", (W * len(images), H + label_h), 0)
   draw = ImageDraw.Draw(canvas)
@@ -542,14 +538,6 @@ def png_panel(panels: dict[str, np.ndarray], hi: float, std_hi: float) -> Image.
     canvas.paste(Image.fromarray(im), (j * W, label_h))
     draw.text((j * W + 2, 1), name, fill=255)
   return canvas
-
-
-def _nearest(x_lr: np.ndarray, full_shape) -> np.ndarray:
-  """Nearest-neighbour enlargement of [h, w] to H×W on the centred-DFT grid (for display)."""
-  (H, W), (h, w) = full_shape, x_lr.shape
-  rows = np.clip(np.round(baselines.grid_coords(H, h)).astype(int), 0, h - 1)
-  cols = np.clip(np.round(baselines.grid_coords(W, w)).astype(int), 0, w - 1)
-  return x_lr[rows][:, cols]
 
 
 def stage_outputs(staged: Staged, paths: dict, out: dict, problem: Problem, report, save_samples):
@@ -567,7 +555,8 @@ def stage_outputs(staged: Staged, paths: dict, out: dict, problem: Problem, repo
   for i in range(len(problem.y0)):
     if f"png_{i}" not in paths:
       break
-    panels = {"LR": _nearest(out["lowres"][i], full_shape), "zero-fill": out["zero_fill"][i],
+    panels = {"LR": baselines.nearest_enlarge(out["lowres"][i], full_shape),
+              "zero-fill": out["zero_fill"][i],
               "bicubic": out["bicubic"][i], "VDM mean": out["mean"][i], "std": out["std"][i]}
     if problem.gt is not None:
       panels["ground truth"] = problem.gt[i]
