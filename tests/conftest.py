@@ -1,6 +1,5 @@
 """Test set-up: 8 fake CPU devices (set before jax is imported) and shared fixtures."""
 
-import importlib.util
 import os
 import pathlib
 
@@ -18,10 +17,8 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 def load_config(name: str):
   """configs/<name>.py's get_config()."""
-  spec = importlib.util.spec_from_file_location(name, REPO / "configs" / f"{name}.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  from vdm_mri.model import load_config_file  # after XLA_FLAGS is set
+  return load_config_file(REPO / "configs" / f"{name}.py")
 
 
 @pytest.fixture(scope="session")

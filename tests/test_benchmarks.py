@@ -20,14 +20,11 @@ import _bench  # noqa: E402
 
 # configs/tiny.py made smaller still (as tests/test_sample_cli.py does): compiles in seconds.
 MICRO_CONFIG = f"""
-import importlib.util
+from vdm_mri.model import load_config_file
 
 
 def get_config():
-  spec = importlib.util.spec_from_file_location("tiny", {str(REPO / "configs" / "tiny.py")!r})
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
+  config = load_config_file({str(REPO / "configs" / "tiny.py")!r})
   config.model.ch, config.model.ch_mult = 8, (1, 1, 1, 1)
   config.schedule.hidden = 16
   return config
