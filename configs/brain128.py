@@ -16,6 +16,10 @@ def get_config():
   config.data.bits = 12  # intensities are k/(2^bits - 1); the shared data are 12-bit
   config.data.image_size = 128  # H = W of the training slices
   config.data.channels = 1  # magnitude images
+  # Mixing weights of the data sets in config.data.path (comma-separated, one per set; "" = in
+  # proportion to their sizes). ../shared/data holds brain_t1w (skull-stripped) and
+  # brain_t1w_skull (with skull), in that order.
+  config.data.weights = ""
 
   config.schedule = ml_collections.ConfigDict()
   config.schedule.kind = "learned_nn"  # fixed_linear | learned_scalar | learned_nn (monotone net)
@@ -47,6 +51,10 @@ def get_config():
   config.optimizer.weight_decay = 0.01  # decoupled decay; not on norm scales/biases/schedule
   config.optimizer.grad_clip = 1.0  # global-norm gradient clipping (0 = off)
   config.optimizer.ema_rate = 0.9999  # EMA of the parameters used for evaluation and sampling
+  # > 0: instead of ema_rate, an EMA whose half-life (in images) grows as ema_rampup_ratio times
+  # the images seen, up to this cap (EDM, Karras et al. 2022; train.make_ema_rate)
+  config.optimizer.ema_halflife_images = 0.0
+  config.optimizer.ema_rampup_ratio = 0.05
 
   config.training = ml_collections.ConfigDict()
   # Global batch over all devices. Estimate for one 80 GB GPU with remat, float32: ~1.3 GiB of
@@ -60,6 +68,17 @@ def get_config():
   config.training.sample_every = 25000  # steps between PNG grids of prior / guided samples
   config.training.checkpoint_every = 2500  # steps between Orbax checkpoints
   config.training.keep_checkpoints = 3  # most recent checkpoints kept
+
+  # Validation by the task (vdm_mri.validation): guided SR of `per_subject` fixed slices per
+  # validation subject at each `lowres`, logged as sr/…; the best EMA parameters by "sr/score"
+  # (mean PSNR gain over zero-filling) are kept in workdir/best/.
+  config.sr_eval = ml_collections.ConfigDict()
+  config.sr_eval.every = 25000  # steps between SR validations (0 = off)
+  config.sr_eval.per_subject = 2  # slices per validation subject
+  config.sr_eval.lowres = "64x64,32x32"  # measured k-space centres
+  config.sr_eval.steps = 100  # reverse steps
+  config.sr_eval.num_samples = 2  # posterior samples averaged into the mean
+  config.sr_eval.batch_size = 8  # images per compiled sampler call
 
   config.sampling = ml_collections.ConfigDict()
   config.sampling.steps = 1000  # reverse steps (same γ, coarser grid when fewer)

@@ -34,6 +34,7 @@ def get_config():
   config.training.eval_batches = 2
   config.training.sample_every = 200
   config.training.checkpoint_every = 50
+  config.sr_eval.every = 0  # no SR validation (a smoke run)
   config.sampling.steps = 50  # fast smoke sampling
   config.sampling.num_samples = 2
   return config

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import vdm_mri
-from vdm_mri import baselines, data, kspace, metrics, sample
+from vdm_mri import baselines, data, kspace, metrics, sample, validation
 from vdm_mri import model as model_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -78,16 +78,7 @@ def load_slices(args):
   return images, np.asarray(slices.subject)
 
 
-def pick_slices(subjects: np.ndarray, per_subject: int, max_subjects: int | None = None):
-  """Indices of `per_subject` slices at the centres of equal parts of the middle 60 % of each
-  subject's slices (one slice: the middle one), subjects in first-appearance order: a fixed,
-  stated subset."""
-  picked = []
-  for sid in list(dict.fromkeys(subjects.tolist()))[:max_subjects]:
-    idx = np.flatnonzero(subjects == sid)
-    centres = 0.2 + 0.6 * (np.arange(per_subject) + 0.5) / per_subject  # fractions of the stack
-    picked += idx[np.unique((centres * len(idx)).astype(int))].tolist()
-  return np.asarray(picked)
+pick_slices = validation.pick_slices  # the fixed, stated subset that training validates on
 
 
 def parse_size(text: str) -> tuple[int, int]:

@@ -367,3 +367,70 @@ def test_default_data_dir(tmp_path, monkeypatch):
   assert data.default_data_dir() is None
   (tmp_path / "shared" / "data").mkdir(parents=True)
   assert data.default_data_dir() == tmp_path / "shared" / "data"
+
+
+# ---------------------------------------------------------------------------------------------
+# Several data sets: discovery, mixing weights.
+
+def _offset_source(n, offset):
+  """Slices whose corner pixel encodes offset + index (ids tell the sets apart)."""
+  images = np.zeros((n, 8, 8), np.uint16)
+  images[:, 0, 0] = offset + np.arange(n)
+  return data.ArraySource(images, subject=[f"s{i % 3}" for i in range(n)])
+
+
+def test_train_iterator_mixes_sets_in_proportion_and_resumes():
+  small, large = _offset_source(20, 0), _offset_source(200, 1000)
+  kw = dict(global_batch=8, seed=3, process_index=0, process_count=1, num_threads=0,
+            weights=[0.75, 0.25])
+  ids = sum((_ids(b) for b in _take(data.train_iterator([small, large], **kw), 100)), [])
+  from_small = np.array(ids) < 1000
+  assert abs(from_small.mean() - 0.75) < 0.03  # the weights, not the sizes (20:200)
+  assert sorted(np.array(ids)[from_small][:20]) == list(range(20))  # each set still permuted
+  # Default weights: in proportion to the sizes.
+  ids = sum((_ids(b) for b in _take(data.train_iterator(
+      [small, large], **{**kw, "weights": None}), 50)), [])
+  assert abs((np.array(ids) < 1000).mean() - 20 / 220) < 0.03
+  # Exact resume of the mixture.
+  it = data.train_iterator([small, large], **kw)
+  _take(it, 9)
+  state = it.get_state()
+  expected = [_ids(b) for b in _take(it, 6)]
+  resumed = data.train_iterator([small, large], **kw)
+  resumed.set_state(state)
+  assert [_ids(b) for b in _take(resumed, 6)] == expected
+
+
+def test_find_datasets_pairs_files_by_name_in_order(tmp_path):
+  raw = np.load(vdm_mri.SAMPLE_DATA)
+  # File-name order (brain_skull_train < brain_train) differs from set-name order.
+  for name, rows in [("brain_train", slice(0, 6)), ("brain_val", slice(6, 8)),
+                     ("brain_skull_train", slice(8, 14)), ("brain_skull_val", slice(14, 16))]:
+    _write_npz(tmp_path / f"{name}.npz", images=raw["images"][rows],
+               subject=raw["subject"][rows], slice_index=raw["slice_index"][rows])
+  sets = data.find_datasets(str(tmp_path))
+  assert [s.name for s in sets] == ["brain", "brain_skull"]
+  assert [len(s.train) for s in sets] == [6, 6] and [len(s.validation) for s in sets] == [2, 2]
+  assert sets[1].train[0]["slice_index"] == raw["slice_index"][8]
+  # A comma-separated list of files: training only, named by stem.
+  sets = data.find_datasets(f"{tmp_path / 'brain_skull_train.npz'}, {tmp_path / 'brain_val.npz'}")
+  assert [(s.name, len(s.train), s.validation) for s in sets] == [
+      ("brain_skull", 6, None), ("brain", 2, None)]
+  with pytest.raises(DataError, match="same name"):
+    data.find_datasets([str(tmp_path / "brain_train.npz"), str(tmp_path / "brain_val.npz")])
+  with pytest.raises(DataError, match="nowhere.npz: no such slice file"):
+    data.find_datasets(str(tmp_path / "nowhere.npz"))
+
+
+@pytest.mark.parametrize("text, problem", [("1,x", "not comma-separated numbers"),
+                                           ("1", "1 data weights"), ("1,0", "must be positive"),
+                                           ("1,nan", "must be positive")])
+def test_parse_weights_rejects_bad_values(text, problem):
+  with pytest.raises(DataError, match=problem):
+    data.parse_weights(text, 2)
+
+
+def test_parse_weights_accepts_strings_and_sequences():
+  assert data.parse_weights("", 2) is None
+  assert data.parse_weights(" 0.65, 0.35 ", 2) == [0.65, 0.35]
+  assert data.parse_weights((2, 1), 2) == [2.0, 1.0]

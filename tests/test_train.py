@@ -28,7 +28,7 @@ from vdm_mri import model as model_lib
 
 NUM_STEPS = 4
 TRAIN_KEYS = ("bpd", "prior", "recon", "diffusion", "grad_norm", "learning_rate", "gamma_0",
-              "gamma_1", "steps_per_s", "images_per_s")
+              "gamma_1", "ema_rate", "steps_per_s", "images_per_s")
 EVAL_KEYS = ("bpd", "prior", "recon", "diffusion")
 
 
@@ -351,3 +351,85 @@ def test_evaluation_batches_span_the_whole_validation_set():
   train.evaluate(eval_fn, None, source, batch_size=8, num_batches=2, key=jax.random.key(0),
                  sharding=NamedSharding(mesh, P("data")))
   assert seen == [0, 4]
+
+
+# --------------------------------------------------------------------------------------------
+# EMA with a growing half-life; several data sets; SR validation and the best parameters.
+def test_ema_half_life_grows_with_images_seen():
+  opt = ml_collections.ConfigDict(dict(ema_rate=0.9999, ema_halflife_images=1000.0,
+                                       ema_rampup_ratio=0.1))
+  rate = train.make_ema_rate(opt)
+  for step, batch in [(0, 8), (99, 8), (5000, 8), (10**6, 4)]:
+    halflife = min(1000.0, 0.1 * (step + 1) * batch)
+    # The rate halves the weight of the past every `halflife` images.
+    assert float(rate(jnp.int32(step), batch)) ** (halflife / batch) == pytest.approx(0.5, 1e-4)
+  assert train.make_ema_rate(ml_collections.ConfigDict(dict(ema_rate=0.99))) == 0.99
+
+
+def test_ema_update_uses_the_scheduled_rate(reference):
+  _, state = reference
+  opt = ml_collections.ConfigDict(dict(ema_rate=0.5, ema_halflife_images=64.0,
+                                       ema_rampup_ratio=0.0))
+  config = _config("unused")
+  model = model_lib.from_config(config)
+  tx, lr_fn = train.make_optimizer(config.optimizer)
+  batch = {"image": jnp.full((8, 128, 128, 1), 0.5)}
+  new, metrics = train.train_step(state, batch, model=model, tx=tx, lr_fn=lr_fn, num_steps=10,
+                                  ema_rate=train.make_ema_rate(opt))
+  rate = 0.5 ** (8 / 64)
+  assert float(metrics["ema_rate"]) == pytest.approx(rate, 1e-6)
+  e0, p1, e1 = (jax.tree.leaves(t)[3] for t in (state.ema_params, new.params, new.ema_params))
+  np.testing.assert_allclose(e1, rate * e0 + (1 - rate) * p1, rtol=1e-5, atol=1e-7)
+
+
+@pytest.fixture(scope="module")
+def two_set_dir(data_dir, tmp_path_factory):
+  """Two data sets (a_*, b_*), b's images mirrored, each with train and validation files."""
+  path = tmp_path_factory.mktemp("two_sets")
+  for split in ("train", "val"):
+    with np.load(data_dir / f"x_{split}.npz") as d:
+      arrays = dict(d)
+    np.savez(path / f"a_{split}.npz", **arrays)
+    np.savez(path / f"b_{split}.npz", **{**arrays, "images": arrays["images"][:, ::-1]})
+  return path
+
+
+def test_two_data_sets_sr_validation_and_best_params(two_set_dir, tmp_path, monkeypatch):
+  from vdm_mri import pretrained, sample, validation  # pylint: disable=g-import-not-at-top
+  scores = iter([0.5, -1.0])  # the second validation is worse: best/ must keep step 2
+  real_call = validation.SRValidation.__call__
+
+  def scored(self, model, params):
+    values = real_call(self, model, params)
+    return {**values, "sr/score": next(scores)}
+  monkeypatch.setattr(validation.SRValidation, "__call__", scored)
+  config = _config(two_set_dir, sample_every=100)
+  config.data.weights = "3,1"
+  config.sr_eval.update(every=2, per_subject=1, lowres="32x32", steps=2, num_samples=1)
+  train.train_and_evaluate(config, tmp_path)
+
+  lines = _metrics(tmp_path)
+  evals = [l for l in lines if "eval/bpd" in l]
+  assert [l["step"] for l in evals] == [2, 4]
+  for name in ("a", "b"):
+    assert {f"eval/{name}/{k}" for k in EVAL_KEYS} <= set(evals[0])
+  assert evals[0]["eval/bpd"] == pytest.approx(
+      (evals[0]["eval/a/bpd"] + evals[0]["eval/b/bpd"]) / 2)
+  srs = [l for l in lines if "sr/score" in l]
+  assert [l["step"] for l in srs] == [2, 4]
+  for name in ("a", "b"):  # 2 subjects x 1 slice each, scored against zero-filling
+    line = srs[0]
+    assert line[f"sr/{name}/32x32/psnr_gain"] == pytest.approx(
+        line[f"sr/{name}/32x32/psnr"] - line[f"sr/{name}/32x32/zf_psnr"])
+    assert 10 < line[f"sr/{name}/32x32/zf_psnr"] < 60 and 0 < line[f"sr/{name}/32x32/ssim"] <= 1
+
+  best = tmp_path / "best"
+  manifest = pretrained.verify(best)
+  assert manifest["step"] == 2 and manifest["metrics"]["sr/score"] == 0.5
+  assert manifest["images_seen"] == 16
+  # The best dir is what `python -m vdm_mri.sample --checkpoint=...` and the package load.
+  model = model_lib.from_config(sample.load_config(best, None))
+  params = sample.load_params(best, model)
+  assert pretrained.param_shapes(params) == pretrained.param_shapes(model.abstract_params())
+  # A restarted run continues to compare against the saved best score.
+  assert train.BestBySR(None, tmp_path, None, config).best == 0.5

@@ -66,13 +66,13 @@ from ml_collections import config_flags
 from PIL import Image, ImageDraw
 
 import vdm_mri
-from vdm_mri import baselines, figures, kspace, metrics, sampling
+from vdm_mri import baselines, figures, kspace, metrics, pretrained, sampling
 from vdm_mri import model as model_lib
 from vdm_mri.data import nifti as nifti_lib
 
-DEFAULT_CHECKPOINT: str | None = None
-"""Work dir used without --checkpoint. None until a pretrained model is bundled (then e.g.
-`str(pathlib.Path(vdm_mri.__file__).parent / "pretrained" / "brain128")`)."""
+DEFAULT_CHECKPOINT: str | None = (str(pretrained.DEFAULT) if pretrained.is_params_dir(
+    pretrained.DEFAULT) else None)
+"""Used without --checkpoint: the prior shipped in the package (vdm_mri/pretrained)."""
 
 
 class InputError(ValueError):
@@ -86,7 +86,9 @@ def define_flags(fv: flags.FlagValues):
   config_flags.DEFINE_config_file("config", None, "config file (configs/*.py); default: the "
                                   "config.json of the --checkpoint work dir", flag_values=fv)
   s, b, f, i = flags.DEFINE_string, flags.DEFINE_bool, flags.DEFINE_float, flags.DEFINE_integer
-  s("checkpoint", None, "training work dir (Orbax checkpoints/ and config.json)", flag_values=fv)
+  s("checkpoint", None, "training work dir (Orbax checkpoints/ and config.json) or params dir "
+    "(manifest.json, e.g. WORKDIR/best); default: the prior shipped in the package",
+    flag_values=fv)
   s("input", None, "low-res .npz/.npy/.nii(.gz), k-space .npz/.npy, or with --simulate "
     "high-res ground truth .npz (default: the bundled sample)", flag_values=fv)
   s("output", None, "output .npz (NIfTI, metrics JSON beside it)", flag_values=fv)
@@ -149,30 +151,29 @@ def resolve_workdir(flag: str | None) -> pathlib.Path:
   """The work dir to load: --checkpoint, else DEFAULT_CHECKPOINT (the one place for a default)."""
   path = flag or DEFAULT_CHECKPOINT
   if path is None:
-    raise InputError("no --checkpoint given and no bundled pretrained model exists yet; pass "
-                     "--checkpoint=WORKDIR (a work dir written by python -m vdm_mri.train)")
+    raise InputError("no --checkpoint given and no bundled pretrained model in "
+                     f"{pretrained.DEFAULT}; pass --checkpoint=WORKDIR (a work dir written by "
+                     "python -m vdm_mri.train, or its best/ params dir)")
   path = pathlib.Path(path)
   if not path.is_dir():
     raise InputError(f"--checkpoint {path}: no such directory")
   return path.absolute()  # Orbax's metadata reader fails on relative paths
 
 
-def _tuples(value):
-  """JSON lists -> tuples (Flax module fields must be hashable)."""
-  if isinstance(value, dict):
-    return {k: _tuples(v) for k, v in value.items()}
-  return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
 def load_config(workdir: pathlib.Path, config) -> ml_collections.ConfigDict:
-  """--config if given, else WORKDIR/config.json (written by training)."""
+  """--config if given, else the config.json of the work dir or params dir (verified)."""
   if config is not None:
     return config
+  if pretrained.is_params_dir(workdir):
+    try:
+      return pretrained.load_config(workdir)
+    except pretrained.PretrainedError as e:
+      raise InputError(str(e)) from e
   path = workdir / "config.json"
   if not path.is_file():
     raise InputError(f"{path} not found; pass --config=configs/<the training config>.py")
   try:
-    return ml_collections.ConfigDict(_tuples(json.loads(path.read_text())))
+    return ml_collections.ConfigDict(pretrained.tuples_from_json(json.loads(path.read_text())))
   except (ValueError, TypeError) as e:
     raise InputError(f"{path}: not a readable config ({e})") from e
 
@@ -193,11 +194,6 @@ def _param_mismatch(expected, found) -> str | None:
   return None
 
 
-def _shapes(tree) -> dict:
-  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
-  return {jax.tree_util.keystr(p): tuple(x.shape) for p, x in flat}
-
-
 @contextlib.contextmanager
 def _quiet_absl():
   level = logging.get_verbosity()
@@ -209,7 +205,13 @@ def _quiet_absl():
 
 
 def load_params(workdir: pathlib.Path, model: model_lib.VDM):
-  """The EMA parameters of the latest checkpoint, checked against the model's shapes."""
+  """The EMA parameters of a params dir (verified checksums), or of a work dir's latest
+  checkpoint; checked against the model's shapes."""
+  if pretrained.is_params_dir(workdir):
+    try:
+      return pretrained.load_params(workdir, model)
+    except pretrained.PretrainedError as e:
+      raise InputError(str(e)) from e
   checkpoints = workdir / "checkpoints"
   step = latest_step(checkpoints)
   state_dir = checkpoints / str(step) / "state"
@@ -220,7 +222,7 @@ def load_params(workdir: pathlib.Path, model: model_lib.VDM):
     raise InputError(f"{state_dir}: cannot read checkpoint metadata ({type(e).__name__}: "
                      f"{e})".splitlines()[0]) from e
   expected = model.abstract_params()
-  mismatch = _param_mismatch(_shapes(expected), _shapes(saved))
+  mismatch = _param_mismatch(pretrained.param_shapes(expected), pretrained.param_shapes(saved))
   if mismatch:
     raise InputError(f"checkpoint {state_dir} does not match the config: {mismatch}")
   args = ocp.args.PyTreeRestore(

@@ -44,7 +44,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 import vdm_mri
-from vdm_mri import baselines, data, figures, kspace, metric_writer, sampling
+from vdm_mri import (baselines, data, figures, kspace, metric_writer, pretrained, sampling,
+                     validation)
 from vdm_mri import model as model_lib
 
 
@@ -90,6 +91,24 @@ def make_optimizer(opt) -> tuple[optax.GradientTransformation, optax.Schedule]:
   return tx, lr_fn
 
 
+def make_ema_rate(opt):
+  """The EMA decay per step: `opt.ema_rate`, or with `opt.ema_halflife_images` > 0 an EMA whose
+  half-life grows with the images seen (Karras et al. 2022, EDM): half-life
+  h = min(ema_halflife_images, ema_rampup_ratio·images seen) images, rate = 0.5^(batch / h).
+  A fixed rate such as 0.9999 averages over ~7000 steps and barely moves in a short CPU run;
+  the growing half-life always averages over the latest fraction of training."""
+  halflife = float(opt.get("ema_halflife_images", 0.0))
+  if halflife <= 0:
+    return opt.ema_rate
+  ratio = float(opt.get("ema_rampup_ratio", 0.05))
+
+  def rate(step, batch: int):
+    seen = (step.astype(jnp.float32) + 1.0) * batch
+    h = jnp.minimum(halflife, ratio * seen) if ratio > 0 else jnp.float32(halflife)
+    return jnp.power(0.5, batch / jnp.maximum(h, 1e-8))
+  return rate
+
+
 def create_train_state(model: model_lib.VDM, tx, key) -> TrainState:
   """Fresh parameters, EMA = parameters, optimiser state; `key` (typed) seeds init and steps."""
   key_init, key_train = jax.random.split(key)
@@ -102,8 +121,10 @@ def create_train_state(model: model_lib.VDM, tx, key) -> TrainState:
 # Steps (pure) and their jitted, data-parallel forms.
 # --------------------------------------------------------------------------------------------
 def train_step(state: TrainState, batch, *, model: model_lib.VDM, tx, lr_fn, num_steps: int,
-               ema_rate: float):
-  """One AdamW update on the mean bpd of the global batch {'image': [B, H, W, 1]}."""
+               ema_rate):
+  """One AdamW update on the mean bpd of the global batch {'image': [B, H, W, 1]}.
+
+  `ema_rate`: a float, or fn(step, global batch) -> rate (`make_ema_rate`)."""
   key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
 
   def loss_fn(params):
@@ -113,14 +134,15 @@ def train_step(state: TrainState, batch, *, model: model_lib.VDM, tx, lr_fn, num
   (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  ema_params = jax.tree.map(lambda e, p: ema_rate * e + (1.0 - ema_rate) * p,
-                            state.ema_params, params)
+  rate = ema_rate(state.step, batch["image"].shape[0]) if callable(ema_rate) else ema_rate
+  ema_params = jax.tree.map(lambda e, p: rate * e + (1.0 - rate) * p, state.ema_params, params)
   grad_norm = optax.tree.norm(grads)
   gamma_01 = model.gamma_fn(state.params)(jnp.array([0.0, 1.0], jnp.float32))
   metrics = {
       "bpd": loss, "prior": terms.prior.mean(), "recon": terms.recon.mean(),
       "diffusion": terms.diffusion.mean(), "grad_norm": grad_norm,
       "learning_rate": lr_fn(state.step), "gamma_0": gamma_01[0], "gamma_1": gamma_01[1],
+      "ema_rate": jnp.asarray(rate, jnp.float32),
       "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
   }
   new_state = state.replace(step=state.step + 1, params=params, ema_params=ema_params,
@@ -151,7 +173,7 @@ def jit_train_step(mesh, model: model_lib.VDM, optimizer, num_steps: int):
   """
   tx, lr_fn = make_optimizer(optimizer)
   step = functools.partial(train_step, model=model, tx=tx, lr_fn=lr_fn, num_steps=num_steps,
-                           ema_rate=optimizer.ema_rate)
+                           ema_rate=make_ema_rate(optimizer))
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                  donate_argnums=0)
@@ -192,7 +214,71 @@ def evaluate(eval_fn, params, source, *, batch_size: int, num_batches: int, key,
   return {f"eval/{k}": float(v / count) for k, v in totals.items()}
 
 
-_LAST = ("learning_rate", "gamma_0", "gamma_1")  # reported at the log step, the rest averaged
+# reported at the log step, the rest averaged
+def evaluate_sets(eval_fn, params, *, sets: dict, **kwargs) -> dict:
+  """`evaluate` on each validation set: 'eval/bpd', … for one set; 'eval/<name>/bpd', … and
+  their mean over sets as 'eval/bpd', … for several."""
+  if len(sets) == 1:
+    return evaluate(eval_fn, params, next(iter(sets.values())), **kwargs)
+  out, per_set = {}, []
+  for name, source in sets.items():
+    values = evaluate(eval_fn, params, source, **kwargs)
+    per_set.append(values)
+    out.update({k.replace("eval/", f"eval/{name}/", 1): v for k, v in values.items()})
+  out.update({k: float(np.mean([v[k] for v in per_set])) for k in per_set[0]})
+  return out
+
+
+def make_sr_validation(val_sets: dict, cfg, key) -> validation.SRValidation:
+  """The fixed SR validation subset of `config.sr_eval`: `per_subject` slices of every subject
+  of every validation set."""
+  subsets = {}
+  for name, source in val_sets.items():
+    batch = next(iter(data.eval_batches(source, batch_size=len(source), process_index=0,
+                                        process_count=1)))
+    idx = validation.pick_slices(batch["subject"], cfg.per_subject)
+    subsets[name] = (batch["image"][idx, ..., 0], batch["subject"][idx])
+  lowres = [tuple(int(v) for v in item.strip().split("x")) for item in cfg.lowres.split(",")]
+  return validation.SRValidation(subsets, lowres=lowres, steps=cfg.steps,
+                                 num_samples=cfg.num_samples, batch_size=cfg.batch_size, key=key)
+
+
+class BestBySR:
+  """Runs the SR validation, logs it, and keeps the EMA parameters with the best "sr/score" as
+  a params dir in workdir/best/ (`vdm_mri.pretrained`: msgpack parameters, config, manifest
+  with checksums and the metrics; `python -m vdm_mri.sample --checkpoint=WORKDIR/best`)."""
+
+  def __init__(self, sr: validation.SRValidation, workdir: pathlib.Path, writer, config):
+    self.sr, self.dir, self.writer = sr, pathlib.Path(workdir) / "best", writer
+    self.config = config
+    self.best = self._saved_score()
+
+  def _saved_score(self) -> float:
+    if not pretrained.is_params_dir(self.dir):
+      return -math.inf
+    return float(pretrained.read_manifest(self.dir).get("metrics", {}).get("sr/score", -math.inf))
+
+  def __call__(self, step: int, model, params):
+    start = time.perf_counter()
+    values = {**self.sr(model, params), **self.sr.baseline_values()}
+    values["sr/seconds"] = time.perf_counter() - start
+    self.writer.write(step, values)
+    logging.info("step %d: SR validation score %.3f dB over zero-filling (best %.3f), %.0f s",
+                 step, values["sr/score"], self.best, values["sr/seconds"])
+    if values["sr/score"] > self.best:
+      self.best = values["sr/score"]
+      pretrained.export(self.dir, params, self.config, step=step,
+                        images_seen=step * self.config.training.batch_size, metrics=values)
+
+
+def _write_atomic(path: pathlib.Path, text: str):
+  path.parent.mkdir(parents=True, exist_ok=True)
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_text(text)
+  os.replace(tmp, path)
+
+
+_LAST = ("learning_rate", "gamma_0", "gamma_1", "ema_rate")
 
 
 def summarise(history: list[dict], first_step: int) -> dict:
@@ -221,22 +307,20 @@ NO_DATA = ("no training data: config.data.path and --data_dir are empty and ther
            "--data_dir=DIR")
 
 
-def open_data(path: str):
-  """(train source, validation source or None) from a slice .npz file or a data directory.
-
-  `path` "" means `data.default_data_dir()`. A single .npz file is training data only.
-  """
-  where = pathlib.Path(path) if path else data.default_data_dir()
-  if where is None:
-    raise data.DataError(NO_DATA)
-  if where.suffix == ".npz":
-    return data.ArraySource(data.read_npz(where)), None
-  train_source = data.open_split("train", where)
-  try:
-    return train_source, data.open_split("validation", where)
-  except data.DataError as e:
-    logging.warning("no validation data, evaluation is off: %s", e)
-    return train_source, None
+def open_data(path: str) -> list[data.DataSet]:
+  """The data sets of `path` ("" = `data.default_data_dir()`; one or several comma-separated
+  slice .npz files, TFDS builds or folders: `data.find_datasets`). A single .npz file is
+  training data only; ../shared/data holds two sets (skull-stripped and with skull)."""
+  if not path:
+    where = data.default_data_dir()
+    if where is None:
+      raise data.DataError(NO_DATA)
+    path = str(where)
+  sets = data.find_datasets(path)
+  for s in sets:
+    if s.validation is None:
+      logging.warning("data set %s has no validation split: it is not evaluated", s.name)
+  return sets
 
 
 def checkpoint_manager(directory: pathlib.Path, keep: int) -> ocp.CheckpointManager:
@@ -305,10 +389,7 @@ def stop_requested(signals: list[int], check_all: bool) -> bool:
 # --------------------------------------------------------------------------------------------
 def save_config(config, workdir: pathlib.Path):
   """workdir/config.json (what `python -m vdm_mri.sample --checkpoint=workdir` rebuilds from)."""
-  workdir.mkdir(parents=True, exist_ok=True)
-  tmp = workdir / "config.json.tmp"
-  tmp.write_text(config.to_json_best_effort(indent=2))
-  os.replace(tmp, workdir / "config.json")
+  _write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
 
 
 def _first_images(source, n: int) -> np.ndarray:
@@ -343,7 +424,8 @@ def train_and_evaluate(config, workdir) -> TrainState:
   Raises data.DataError (no/bad data), NonFiniteLoss, TrainingInterrupted (after saving).
   """
   workdir = pathlib.Path(workdir)
-  train_source, val_source = open_data(config.data.path)
+  sets = open_data(config.data.path)
+  weights = data.parse_weights(config.data.get("weights", ""), len(sets))
   model = model_lib.from_config(config)
   tx, _ = make_optimizer(config.optimizer)
   mesh = make_mesh(jax.devices())
@@ -354,8 +436,11 @@ def train_and_evaluate(config, workdir) -> TrainState:
   key_state, key_eval = jax.random.split(jax.random.key(config.seed))
   state = jax.device_put(jax.device_get(create_train_state(model, tx, key_state)),
                          NamedSharding(mesh, P()))
-  iterator = data.train_iterator(train_source, global_batch=config.training.batch_size,
-                                 seed=config.seed)
+  iterator = data.train_iterator([s.train for s in sets], weights=weights,
+                                 global_batch=config.training.batch_size, seed=config.seed)
+  logging.info("training data: %s", ", ".join(
+      f"{s.name} ({len(s.train)} slices{'' if weights is None else f', weight {w:g}'})"
+      for s, w in zip(sets, weights or [None] * len(sets))))
   mngr = checkpoint_manager(workdir / "checkpoints", config.training.keep_checkpoints)
   if mngr.latest_step() is not None:
     state = restore_checkpoint(mngr, state, iterator)
@@ -363,23 +448,32 @@ def train_and_evaluate(config, workdir) -> TrainState:
                  int(state.step), mngr.directory, iterator.get_state())
   writer = metric_writer.MetricWriter(workdir, resume_step=int(state.step),
                         enabled=jax.process_index() == 0)
-  sample_fn = None
+  val_sets = {s.name: s.validation for s in sets if s.validation is not None}
+  sample_fn = sr_fn = None
   if jax.process_index() == 0:  # sampling runs on this process's devices only
     save_config(config, workdir)
+    first = next(iter(val_sets.values()), sets[0].train)
     sample_fn = functools.partial(
-        write_sample_grid, model=model, images=_first_images(val_source or train_source, 4),
+        write_sample_grid, model=model, images=_first_images(first, 4),
         key=jax.random.fold_in(key_eval, 1), cfg=config.sampling, workdir=workdir)
+    sr_cfg = config.get("sr_eval")
+    if sr_cfg is not None and sr_cfg.every > 0 and val_sets:
+      sr_fn = BestBySR(make_sr_validation(val_sets, sr_cfg, jax.random.fold_in(key_eval, 2)),
+                       workdir, writer, config)
   step_fn = jit_train_step(mesh, model, ml_collections.FrozenConfigDict(config.optimizer),
                            config.loss.num_steps)
   sharded = NamedSharding(mesh, P("data"))
-  eval_fn = None if val_source is None else functools.partial(
-      evaluate, jit_eval_step(mesh, model, config.loss.num_steps), source=val_source,
-      batch_size=config.training.batch_size, num_batches=config.training.eval_batches,
-      key=key_eval, sharding=sharded)
+  eval_fn = None
+  if val_sets:
+    eval_fn = functools.partial(
+        evaluate_sets, jit_eval_step(mesh, model, config.loss.num_steps), sets=val_sets,
+        batch_size=config.training.batch_size, num_batches=config.training.eval_batches,
+        key=key_eval, sharding=sharded)
   try:
     with stop_on_signals() as signals:
       state = _loop(state, config.training, step_fn, iterator, sharded, eval_fn, mngr, writer,
-                    signals, sample_fn)
+                    signals, sample_fn, sr_fn, model=model,
+                    sr_every=config.sr_eval.every if sr_fn else 0)
   except NonFiniteLoss as e:
     mngr.wait_until_finished()
     raise NonFiniteLoss(f"{e}; last good checkpoint: step {mngr.latest_step()} in "
@@ -393,7 +487,7 @@ def train_and_evaluate(config, workdir) -> TrainState:
 
 
 def _loop(state, cfg, step_fn, iterator, sharding, eval_fn, mngr, writer, signals,
-          sample_fn=None) -> TrainState:
+          sample_fn=None, sr_fn=None, *, model=None, sr_every: int = 0) -> TrainState:
   """Steps until cfg.num_steps with periodic logs, evaluations and checkpoints."""
   step = int(state.step)
   history, tick = [], (time.perf_counter(), step)
@@ -420,6 +514,8 @@ def _loop(state, cfg, step_fn, iterator, sharding, eval_fn, mngr, writer, signal
         writer.write(step, eval_fn(state.ema_params))
       if sample_fn is not None and step % cfg.sample_every == 0:
         sample_fn(step, state.ema_params)
+      if sr_fn is not None and step % sr_every == 0:
+        sr_fn(step, model, state.ema_params)
       if due_save:
         save_checkpoint(mngr, state, iterator)
       if stopping:

@@ -16,9 +16,12 @@ Small runs and tests need no build step: `ArraySource(images)` or `ArraySource(r
 API:
   default_data_dir() -> Path | None          `<repo root>/../shared/data` if present
   open_split(split, data_dir=None, *, name=None) -> source   TFDS build, else *_train/_val.npz
+  find_datasets(paths="") -> [DataSet(name, train, validation)]   several sets (comma list)
+  parse_weights(text, num_sets) -> mixing weights | None     "0.7,0.3" (train_iterator weights=)
   ArraySource(slices_or_images, subject=None, slice_index=None)   in-memory source
   train_iterator(source, *, global_batch, seed, process_index=None, process_count=None,
-                 num_epochs=None, num_threads=4) -> grain.DatasetIterator
+                 num_epochs=None, num_threads=4, weights=None) -> grain.DatasetIterator
+                                              (source: one, or a list mixed by weights)
   eval_batches(source, *, batch_size, process_index=None, process_count=None) -> Iterator[dict]
   checkpoint_args(iterator, *, restore=False) -> Orbax args (grain's per-process JSON handler)
   read_npz(path) -> Slices                    validated slice file
@@ -32,6 +35,9 @@ process_index/process_count default to jax.process_index()/jax.process_count().
 """
 
 from vdm_mri.data.loader import ArraySource
+from vdm_mri.data.loader import DataSet
+from vdm_mri.data.loader import find_datasets
+from vdm_mri.data.loader import parse_weights
 from vdm_mri.data.loader import checkpoint_args
 from vdm_mri.data.loader import default_data_dir
 from vdm_mri.data.loader import eval_batches
@@ -45,7 +51,7 @@ from vdm_mri.data.slices import split_by_subject
 from vdm_mri.data.sources import read_sources
 
 __all__ = [
-    "ArraySource", "checkpoint_args", "default_data_dir", "eval_batches", "open_split",
+    "ArraySource", "DataSet", "find_datasets", "parse_weights", "checkpoint_args", "default_data_dir", "eval_batches", "open_split",
     "train_iterator", "DataError", "QUANT_MAX", "read_npz", "Slices", "split_by_subject",
     "read_sources",
 ]

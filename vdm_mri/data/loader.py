@@ -6,9 +6,11 @@ A *source* is anything with `len()` and `source[i] -> {'image': uint16 [H, W, 1]
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pathlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import grain
 import numpy as np
@@ -81,6 +83,89 @@ def open_split(split: str = "train", data_dir=None, *, name: str | None = None):
                   + PREPARE_HINT.format(data_dir=data_dir))
 
 
+@dataclasses.dataclass(frozen=True)
+class DataSet:
+  """One named data set: its training source and its validation source (None if absent)."""
+
+  name: str
+  train: Any
+  validation: Any | None
+
+
+def find_datasets(paths: str | Sequence[str] = "") -> list[DataSet]:
+  """The data sets named by `paths` (a list, or one comma-separated string; "" means
+  `default_data_dir()`), in order.
+
+  Each entry is a slice `.npz` file (training only, named by its stem), a TFDS build directory
+  (one set, both splits), or a folder of slice files where every `<name>_train.npz` is one set,
+  paired with `<name>_val.npz` when present (`../shared/data` holds two: `brain_t1w` and
+  `brain_t1w_skull`). Raises DataError naming the entry that holds no data.
+  """
+  entries = [p.strip() for p in (paths.split(",") if isinstance(paths, str) else paths)]
+  entries = [p for p in entries if p]
+  if not entries:
+    default = default_data_dir()
+    if default is None:
+      raise DataError("no data path given and no <repo>/../shared/data; "
+                      + PREPARE_HINT.format(data_dir="<dir>"))
+    entries = [str(default)]
+  sets = []
+  for entry in entries:
+    where = pathlib.Path(entry)
+    if where.suffix == ".npz":
+      if not where.is_file():
+        raise DataError(f"{where}: no such slice file")
+      sets.append(DataSet(_set_name(where.stem), ArraySource(slices_lib.read_npz(where)), None))
+      continue
+    if where.is_dir() and not _find_builds(where, None):
+      pairs = sorted(where.glob("*_train.npz"), key=lambda p: p.name[:-len("_train.npz")])
+      if len(pairs) > 1:
+        for train_file in pairs:
+          stem = train_file.name[:-len("_train.npz")]
+          val = [where / f"{stem}_{s}.npz" for s in SPLITS["validation"]]
+          val = [v for v in val if v.is_file()]
+          sets.append(DataSet(stem, ArraySource(slices_lib.read_npz(train_file)),
+                              ArraySource(slices_lib.read_npz(val[0])) if val else None))
+        continue
+    train = open_split("train", where)
+    try:
+      validation = open_split("validation", where)
+    except DataError:
+      validation = None
+    sets.append(DataSet(where.name or str(where), train, validation))
+  names = [s.name for s in sets]
+  if len(set(names)) != len(names):
+    raise DataError(f"data sets with the same name {names}; rename the files or folders")
+  return sets
+
+
+def _set_name(stem: str) -> str:
+  for suffix in ("_train", "_val", "_validation"):
+    if stem.endswith(suffix):
+      return stem[:-len(suffix)]
+  return stem
+
+
+def parse_weights(text: str | Sequence[float], num_sets: int) -> list[float] | None:
+  """Mixing weights from a config value ("" or "0.7,0.3" or a sequence): None (mix in
+  proportion to the sets' sizes) or `num_sets` positive floats. Raises DataError."""
+  if isinstance(text, str):
+    items = [w.strip() for w in text.split(",") if w.strip()]
+    try:
+      weights = [float(w) for w in items]
+    except ValueError:
+      raise DataError(f"data weights {text!r}: not comma-separated numbers") from None
+  else:
+    weights = [float(w) for w in text]
+  if not weights:
+    return None
+  if len(weights) != num_sets:
+    raise DataError(f"{len(weights)} data weights {weights} for {num_sets} data sets")
+  if not all(math.isfinite(w) and w > 0 for w in weights):
+    raise DataError(f"data weights {weights} must be positive")
+  return weights
+
+
 def _find_builds(data_dir: pathlib.Path, name: str | None) -> list[pathlib.Path]:
   pattern = f"{name or slices_lib.DATASET_NAME + '/*'}/*/dataset_info.json"
   return sorted(p.parent for p in data_dir.glob(pattern))
@@ -114,8 +199,14 @@ def _to_float(images: np.ndarray) -> dict:
 
 def train_iterator(source, *, global_batch: int, seed: int, process_index: int | None = None,
                    process_count: int | None = None, num_epochs: int | None = None,
-                   num_threads: int = 4) -> grain.DatasetIterator:
+                   num_threads: int = 4,
+                   weights: Sequence[float] | None = None) -> grain.DatasetIterator:
   """Shuffled, repeated, per-process batches `{'image': float32 [B, H, W, 1]}`, B = global/count.
+
+  `source` may be a list of sources: each is shuffled and repeated as below (seed + its
+  position) and they are interleaved in the proportions `weights` (default: their sizes), so a
+  batch draws set i with probability weights[i] / sum(weights) (deterministic interleaving,
+  grain's `MapDataset.mix`); `num_epochs` must then be None.
 
   Every epoch is a fresh permutation (seed + epoch) of the whole source, identical on all
   processes; process p takes positions p, p + count, ... of it, so processes see disjoint
@@ -128,12 +219,26 @@ def train_iterator(source, *, global_batch: int, seed: int, process_index: int |
   if global_batch % count:
     raise ValueError(f"global_batch {global_batch} is not divisible by {count} processes")
   batch = global_batch // count
-  per_process = len(source) // count
-  if per_process < batch:
-    raise DataError(f"{len(source)} examples give {per_process} per process, fewer than the "
-                    f"per-process batch {batch}")
-  ds = grain.MapDataset.source(source).shuffle(seed=seed)[index:per_process * count:count]
-  ds = ds.repeat(num_epochs).map(_image_only)
+  sources = list(source) if isinstance(source, (list, tuple)) else [source]
+  if len(sources) > 1 and num_epochs is not None:
+    raise ValueError("num_epochs is undefined for a mixture of several sources")
+
+  def shuffled(src, seed_i):
+    per_process = len(src) // count
+    if per_process < batch:
+      raise DataError(f"{len(src)} examples give {per_process} per process, fewer than the "
+                      f"per-process batch {batch}")
+    ds = grain.MapDataset.source(src).shuffle(seed=seed_i)[index:per_process * count:count]
+    return ds.repeat(num_epochs).map(_image_only)
+
+  if len(sources) == 1:
+    ds = shuffled(sources[0], seed)
+  else:
+    weights = [len(s) for s in sources] if weights is None else list(weights)
+    if len(weights) != len(sources):
+      raise ValueError(f"{len(weights)} weights for {len(sources)} sources")
+    ds = grain.MapDataset.mix([shuffled(s, seed + i) for i, s in enumerate(sources)],
+                              [float(w) for w in weights])
   ds = ds.batch(batch, drop_remainder=True).map(_to_float)
   options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
   return iter(ds.to_iter_dataset(options))

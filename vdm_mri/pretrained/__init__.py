@@ -1,0 +1,145 @@
+"""Exported priors: EMA parameters in one file that loads without pickle, verified by SHA-256.
+
+A *params dir* holds three files:
+
+  ema_params.msgpack  the EMA parameters {"score": …, "gamma": …} (flax.serialization msgpack)
+  config.json         the training config (what `model.from_config` rebuilds the model from)
+  manifest.json       {"format": FORMAT, "files": {name: {"sha256", "bytes"}}, "step", …}
+
+`export` writes one (training keeps its best parameters by SR validation in workdir/best/, and
+the shipped prior, `DEFAULT`, is such a dir copied into the package); `load` verifies every
+listed file's size and SHA-256 before it reads anything, and checks the parameter shapes
+against the config's model. A changed, truncated or missing file raises `PretrainedError` with
+a one-line message (the command-line tools exit with code 2).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+
+import flax
+import jax
+import ml_collections
+import numpy as np
+
+FORMAT = "vdm_mri.params/1"
+PARAMS_FILE, CONFIG_FILE, MANIFEST_FILE = "ema_params.msgpack", "config.json", "manifest.json"
+
+DEFAULT = pathlib.Path(__file__).parent / "brain128_cpu"
+"""The shipped prior (configs/brain128_cpu.py trained on the CPU; model card in the README)."""
+
+
+class PretrainedError(ValueError):
+  """A params dir that is missing, changed or does not fit its config (one-line message)."""
+
+
+def is_params_dir(path) -> bool:
+  return (pathlib.Path(path) / MANIFEST_FILE).is_file()
+
+
+def sha256(path: pathlib.Path) -> str:
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _write_atomic(path: pathlib.Path, payload: bytes):
+  tmp = path.with_name(f".{path.name}.tmp")
+  tmp.write_bytes(payload)
+  os.replace(tmp, path)
+
+
+def export(directory, params, config, **info) -> pathlib.Path:
+  """Write `params` (host or device arrays) and `config` as a params dir; `info` (step,
+  images seen, metrics …) goes into the manifest. Files are renamed into place one by one and
+  the manifest last, so a reader never sees new files under an old manifest's checksums."""
+  directory = pathlib.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  host = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
+  config_json = (config.to_json_best_effort(indent=2) if hasattr(config, "to_json_best_effort")
+                 else json.dumps(config, indent=2))
+  payloads = {PARAMS_FILE: flax.serialization.msgpack_serialize(host),
+              CONFIG_FILE: (config_json + "\n").encode()}
+  files = {}
+  for name, payload in payloads.items():
+    _write_atomic(directory / name, payload)
+    files[name] = {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
+  manifest = {"format": FORMAT, "files": files, **info}
+  _write_atomic(directory / MANIFEST_FILE,
+                (json.dumps(manifest, indent=2, default=float) + "\n").encode())
+  return directory
+
+
+def read_manifest(directory) -> dict:
+  path = pathlib.Path(directory) / MANIFEST_FILE
+  try:
+    manifest = json.loads(path.read_text())
+  except (OSError, ValueError) as e:
+    raise PretrainedError(f"{path}: cannot read the manifest ({e})") from e
+  if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+    raise PretrainedError(f"{path}: not a {FORMAT} manifest")
+  return manifest
+
+
+def verify(directory) -> dict:
+  """Check every file listed in the manifest (size, then SHA-256); returns the manifest."""
+  directory = pathlib.Path(directory)
+  manifest = read_manifest(directory)
+  for name in (PARAMS_FILE, CONFIG_FILE):
+    entry = manifest["files"].get(name)
+    path = directory / name
+    if entry is None:
+      raise PretrainedError(f"{directory / MANIFEST_FILE}: lists no {name}")
+    if not path.is_file():
+      raise PretrainedError(f"{path}: missing")
+    size = path.stat().st_size
+    if size != entry["bytes"]:
+      raise PretrainedError(f"{path}: {size} bytes, the manifest says {entry['bytes']} "
+                            "(truncated or replaced)")
+    if sha256(path) != entry["sha256"]:
+      raise PretrainedError(f"{path}: SHA-256 differs from the manifest (the file was changed)")
+  return manifest
+
+
+def tuples_from_json(value):
+  """JSON lists -> tuples (Flax module fields must be hashable)."""
+  if isinstance(value, dict):
+    return {k: tuples_from_json(v) for k, v in value.items()}
+  return tuple(tuples_from_json(v) for v in value) if isinstance(value, list) else value
+
+
+def load_config(directory) -> ml_collections.ConfigDict:
+  """The verified config of a params dir."""
+  verify(directory)
+  text = (pathlib.Path(directory) / CONFIG_FILE).read_text()
+  return ml_collections.ConfigDict(tuples_from_json(json.loads(text)))
+
+
+def load_params(directory, model=None):
+  """The verified EMA parameters of a params dir, as numpy arrays; with a `model.VDM`, checked
+  to have exactly its parameter tree and shapes."""
+  directory = pathlib.Path(directory)
+  verify(directory)
+  try:
+    params = flax.serialization.msgpack_restore((directory / PARAMS_FILE).read_bytes())
+  except Exception as e:  # msgpack raises several types for malformed payloads
+    raise PretrainedError(f"{directory / PARAMS_FILE}: not readable ({type(e).__name__})") from e
+  if model is not None:
+    expected = param_shapes(model.abstract_params())
+    found = param_shapes(params)
+    for path in sorted(set(expected) | set(found)):
+      if expected.get(path) != found.get(path):
+        raise PretrainedError(f"{directory}: parameters do not match the config at {path}: "
+                              f"model {expected.get(path)} vs file {found.get(path)}")
+  return params
+
+
+def param_shapes(tree) -> dict:
+  """{key path: shape} of a parameter tree."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {jax.tree_util.keystr(p): tuple(np.shape(x)) for p, x in flat}
