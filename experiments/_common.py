@@ -1,8 +1,11 @@
 """Shared plumbing of the experiment scripts: flags, the model, validation slices, outputs.
 
-Every script: `--checkpoint=WORKDIR` (a training work dir; the bundled pretrained prior once it
-exists), `--data` (default ../shared/data/brain_t1w_val.npz, else the bundled 16-slice sample),
-`--outdir`, `--quick` (a few slices and steps: minutes on a CPU). Bad input: one line, exit 2.
+Every script: `--checkpoint=WORKDIR` (a training work dir; default: the bundled pretrained prior),
+`--data` (comma-separated slice .npz files, one validation set each; default: the shared
+validation sets ../shared/data/brain_t1w_val.npz and brain_t1w_skull_val.npz that exist, else the
+bundled 16-slice sample), `--outdir`, `--quick` (a few slices and steps: minutes on a CPU). Every
+script reports per set; a set is named by its file stem without a trailing `_val`
+(brain_t1w, brain_t1w_skull, brain_t1w_sample). Bad input: one line, exit 2.
 """
 
 from __future__ import annotations
@@ -24,15 +27,16 @@ from vdm_mri import baselines, data, kspace, metrics, sample, validation
 from vdm_mri import model as model_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_VAL = REPO.parent / "shared" / "data" / "brain_t1w_val.npz"
+SHARED_DATA = REPO.parent / "shared" / "data"
+SHARED_VALS = (SHARED_DATA / "brain_t1w_val.npz", SHARED_DATA / "brain_t1w_skull_val.npz")
 
 
 def parser(description: str, *, steps: int = 1000, quick_steps: int = 20) -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(description=description)
   p.add_argument("--checkpoint", default=None, help="training work dir (orbax checkpoints)")
   p.add_argument("--config", default=None, help="config file; default: WORKDIR/config.json")
-  p.add_argument("--data", default=None, help="validation slices .npz (default: shared or "
-                 "bundled sample)")
+  p.add_argument("--data", default=None, help="comma-separated validation slice .npz files, "
+                 "one set each (default: the shared validation sets, else the bundled sample)")
   p.add_argument("--outdir", required=True, help="folder for the PNG and CSV/JSON outputs")
   p.add_argument("--quick", action="store_true", help="few slices and steps (CPU smoke run)")
   p.add_argument("--steps", type=int, default=None,
@@ -68,14 +72,33 @@ def load_model(args):
   return vdm_model, sample.load_params(workdir, vdm_model)
 
 
-def load_slices(args):
-  """(images [N, H, W] float32 in [0, 1], subjects [N]) from --data or the default."""
-  path = pathlib.Path(args.data) if args.data else (
-      SHARED_VAL if SHARED_VAL.exists() else vdm_mri.SAMPLE_DATA)
-  slices = data.read_npz(path)
-  images = slices.images.astype(np.float32) / data.QUANT_MAX
-  print(f"data: {path} ({images.shape[0]} slices, {len(set(slices.subject))} subjects)")
-  return images, np.asarray(slices.subject)
+def data_paths(flag: str | None) -> list[pathlib.Path]:
+  """The .npz files of --data, else the shared validation sets that exist (stripped first),
+  else the bundled sample."""
+  if flag:
+    return [pathlib.Path(part) for part in flag.split(",") if part.strip()]
+  return [p for p in SHARED_VALS if p.exists()] or [vdm_mri.SAMPLE_DATA]
+
+
+def set_name(path) -> str:
+  """A validation set's name: the file stem without a trailing `_val`."""
+  stem = pathlib.Path(path).stem
+  return stem[:-len("_val")] if stem.endswith("_val") and stem != "_val" else stem
+
+
+def load_sets(args) -> dict[str, tuple[pathlib.Path, np.ndarray, np.ndarray]]:
+  """{set name: (path, images [N, H, W] float32 in [0, 1], subjects [N])} from --data, in order."""
+  sets = {}
+  for path in data_paths(args.data):
+    name = set_name(path)
+    if name in sets:
+      raise sample.InputError(f"--data: two files give the set name {name!r} "
+                              f"({sets[name][0]} and {path})")
+    slices = data.read_npz(path)
+    images = slices.images.astype(np.float32) / data.QUANT_MAX
+    print(f"data {name}: {path} ({images.shape[0]} slices, {len(set(slices.subject))} subjects)")
+    sets[name] = (path, images, np.asarray(slices.subject))
+  return sets
 
 
 pick_slices = validation.pick_slices  # the fixed, stated subset that training validates on

@@ -3,10 +3,12 @@
 Simulates ŷ₀ = p⁻¹(Λ) F x₀ (σ_y = 0) from the validation slices, reconstructs with each baseline,
 and reports PSNR / SSIM / NMSE per subject volume and averaged (fastMRI style).
 
-    python experiments/baselines_table.py [--data PATH] [--outdir DIR]
+    python experiments/baselines_table.py [--data PATH[,PATH...]] [--outdir DIR]
 
-Writes DIR/baselines_table.csv (one row per subject and low-res size and method, plus "mean" rows)
-and DIR/baselines_table.json. CPU, about half a minute. Expected means (PSNR dB / SSIM):
+--data: comma-separated slice .npz files, one validation set each (default and set names as in
+_common: the shared brain_t1w and brain_t1w_skull validation sets). Writes DIR/baselines_table.csv
+(one row per set, low-res size, method and subject, plus "mean" rows) and DIR/baselines_table.json.
+CPU, about half a minute per set. Expected means on brain_t1w (PSNR dB / SSIM):
 64x64 zero-fill 34.74/0.921, bilinear 31.70/0.905, bicubic 33.53/0.917;
 32x32 zero-fill 27.66/0.734, bilinear 26.12/0.711, bicubic 27.00/0.736.
 """
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+import _common
 from vdm_mri import baselines, kspace, metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,30 +50,33 @@ def baseline_table(x, subjects, lowres_shapes=LOWRES_SHAPES, methods=METHODS):
     return table
 
 
-def rows(table):
-    """Flat CSV rows: lowres, method, subject ("mean" for the average), psnr, ssim, nmse."""
+def rows(table, set_name):
+    """Flat CSV rows: set, lowres, method, subject ("mean" for the average), psnr, ssim, nmse."""
     for (h, w), by_method in table.items():
         for name, result in by_method.items():
             for sid, m in {**result["per_subject"], "mean": result}.items():
-                yield {"lowres": f"{h}x{w}", "method": name, "subject": sid,
+                yield {"set": set_name, "lowres": f"{h}x{w}", "method": name, "subject": sid,
                        "psnr": m["psnr"], "ssim": m["ssim"], "nmse": m["nmse"]}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path,
-                        default=REPO.parent / "shared" / "data" / "brain_t1w_val.npz")
+    parser.add_argument("--data", default=None,
+                        help="comma-separated slice .npz files (default: the shared validation sets)")
     parser.add_argument("--outdir", type=Path, default=REPO / "results" / "baselines_table")
     args = parser.parse_args()
 
-    x, subjects = load_volumes(args.data)
-    table_rows = list(rows(baseline_table(x, subjects)))
+    paths = _common.data_paths(args.data)
+    table_rows = []
+    for path in paths:
+        x, subjects = load_volumes(path)
+        table_rows += rows(baseline_table(x, subjects), _common.set_name(path))
 
-    print(f"{'low-res':8} {'method':13} {'PSNR':>7} {'SSIM':>7} {'NMSE':>8}")
+    print(f"{'set':16} {'low-res':8} {'method':13} {'PSNR':>7} {'SSIM':>7} {'NMSE':>8}")
     for r in table_rows:
         if r["subject"] == "mean":
-            print(f"{r['lowres']:8} {r['method']:13} {r['psnr']:7.2f} {r['ssim']:7.4f} "
-                  f"{r['nmse']:8.5f}")
+            print(f"{r['set']:16} {r['lowres']:8} {r['method']:13} {r['psnr']:7.2f} "
+                  f"{r['ssim']:7.4f} {r['nmse']:8.5f}")
 
     args.outdir.mkdir(parents=True, exist_ok=True)
     with open(args.outdir / "baselines_table.csv", "w", newline="") as f:
@@ -78,7 +84,8 @@ def main():
         writer.writeheader()
         writer.writerows(table_rows)
     with open(args.outdir / "baselines_table.json", "w") as f:
-        json.dump({"data": str(args.data), "sigma_y": 0.0, "rows": table_rows}, f, indent=1)
+        json.dump({"data": {_common.set_name(p): str(p) for p in paths}, "sigma_y": 0.0,
+                   "rows": table_rows}, f, indent=1)
     print(f"wrote {args.outdir}/baselines_table.csv and .json")
 
 

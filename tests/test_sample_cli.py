@@ -2,8 +2,6 @@
 
 import json
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -135,13 +133,12 @@ def test_nifti_in_nifti_out(workdir, tmp_path):
                              atol=1.0)
 
 
-def test_command_without_checkpoint_exits_2():
-  result = subprocess.run([sys.executable, "-m", "vdm_mri.sample", "--simulate",
-                           "--output=/nonexistent/never.npz"], capture_output=True, text=True,
-                          cwd=REPO, timeout=300)
-  assert result.returncode == 2
-  lines = result.stderr.strip().splitlines()
+def test_without_checkpoint_or_shipped_prior_exits_2(tmp_path, capsys, monkeypatch):
+  monkeypatch.setattr(sample, "DEFAULT_CHECKPOINT", None)  # an install without the prior
+  assert _run("--simulate", "--lowres=32", f"--output={tmp_path / 'sr.npz'}") == 2
+  lines = capsys.readouterr().err.strip().splitlines()
   assert len(lines) == 1 and "no bundled pretrained model" in lines[0]
+  assert not list(tmp_path.iterdir())
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,7 +209,9 @@ def _write_inputs(d: pathlib.Path, workdir: pathlib.Path) -> dict:
   }
 
 
-def test_bad_inputs_exit_2_with_one_line_and_write_nothing(workdir, tmp_path, capsys):
+def test_bad_inputs_exit_2_with_one_line_and_write_nothing(workdir, tmp_path, capsys,
+                                                          monkeypatch):
+  monkeypatch.setattr(sample, "DEFAULT_CHECKPOINT", None)  # for the "no checkpoint" case
   cases = _write_inputs(tmp_path, workdir)
   out = tmp_path / "out" / "sr.npz"
   for name, (args, message) in cases.items():

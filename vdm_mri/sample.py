@@ -425,7 +425,8 @@ def reconstruct(model, params, problem: Problem, opts: Options, key, normalize: 
   scale = (volume_scales(problem.y0, problem.subject, full_shape) if normalize
            else np.ones(len(problem.y0), np.float32))
   mesh = sampling.make_mesh()
-  batch = sampling.padded_batch_size(opts.batch_size, mesh)
+  batch = sampling.padded_batch_size(min(opts.batch_size, len(problem.y0) * opts.num_samples),
+                                     mesh)
   bar = StepBar(math.ceil(len(problem.y0) * opts.num_samples / batch), opts.steps)
   with sampling.progress_listener(bar):
     post = sampling.posterior_samples(

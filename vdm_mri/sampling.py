@@ -265,7 +265,10 @@ class Posterior:
 def posterior_samples(model, params, y0, *, key, num_samples: int, lam: float = 1.0,
                       num_steps: int = 1000, final_projection: bool = True,
                       batch_size: int = 4, progress_every: int = 0, mesh=None) -> Posterior:
-  """K = num_samples guided samples for each measurement y0 [N, h, w] (intensity space)."""
+  """K = num_samples guided samples for each measurement y0 [N, h, w] (intensity space).
+
+  Batches hold min(batch_size, N·K) samples (rounded up to the device count), so a single
+  slice does not pay for a padded batch."""
   mesh = make_mesh() if mesh is None else mesh
   n = y0.shape[0]
   keys = sample_keys(key, n, num_samples).reshape(-1)  # [N·K], measurement-major
@@ -273,7 +276,7 @@ def posterior_samples(model, params, y0, *, key, num_samples: int, lam: float = 
   sampler = make_sampler(model, mesh, num_steps=num_steps, guided=True,
                          final_projection=final_projection, progress_every=progress_every)
   x = run_batched(sampler, params, keys, y0_flat, lam,
-                  batch_size=padded_batch_size(batch_size, mesh), mesh=mesh)
+                  batch_size=padded_batch_size(min(batch_size, n * num_samples), mesh), mesh=mesh)
   samples = x.reshape(n, num_samples, *x.shape[1:])
   return Posterior(samples=samples, mean=samples.mean(1), std=samples.std(1))
 
@@ -285,4 +288,4 @@ def prior_samples(model, params, *, key, num: int, num_steps: int = 1000, batch_
   sampler = make_sampler(model, mesh, num_steps=num_steps, guided=False,
                          progress_every=progress_every)
   return run_batched(sampler, params, sample_keys(key, num, 1).reshape(-1),
-                     batch_size=padded_batch_size(batch_size, mesh), mesh=mesh)
+                     batch_size=padded_batch_size(min(batch_size, num), mesh), mesh=mesh)
