@@ -61,8 +61,8 @@ def rows(table, set_name):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None,
-                        help="comma-separated slice .npz files (default: the shared validation sets)")
+    parser.add_argument("--data", default=None, help="comma-separated slice .npz files "
+                        "(default: the shared validation sets)")
     parser.add_argument("--outdir", type=Path, default=REPO / "results" / "baselines_table")
     args = parser.parse_args()
 

@@ -7,6 +7,7 @@ import json
 import pathlib
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -31,23 +32,67 @@ def checkpoint(tmp_path_factory):
   return workdir
 
 
-def _run(script, checkpoint, outdir, *extra):
+@pytest.fixture(scope="module")
+def two_sets(tmp_path_factory):
+  """Two small validation sets: the bundled sample as `stripped_val.npz` (set "stripped") and
+  mirrored left-right as `mirrored.npz` (set "mirrored")."""
+  folder = tmp_path_factory.mktemp("sets")
+  with np.load(vdm_mri.SAMPLE_DATA) as d:
+    arrays = {k: d[k] for k in d.files}
+  np.savez(folder / "stripped_val.npz", **arrays)
+  np.savez(folder / "mirrored.npz", **{**arrays, "images": arrays["images"][:, :, ::-1]})
+  return f"{folder / 'stripped_val.npz'},{folder / 'mirrored.npz'}"
+
+
+def _run(script, checkpoint, outdir, *extra, data=vdm_mri.SAMPLE_DATA):
   module = importlib.import_module(script)
   argv = [f"--checkpoint={checkpoint}", f"--outdir={outdir}", "--quick", "--steps=2",
-          f"--data={vdm_mri.SAMPLE_DATA}", *extra]
+          f"--data={data}", *extra]
   return module.main(*(["32x32", script, argv] if script == "_superres_figure" else [argv]))
 
 
-def test_superres_figure_writes_panel_and_consistent_vdm(checkpoint, tmp_path):
-  report = _run("_superres_figure", checkpoint, tmp_path, "--num_samples=2")
-  panel = Image.open(tmp_path / "superres_32x32.png")
-  assert panel.size[1] == 5 * (128 + 2)  # LR, zero-fill, bilinear, VDM, truth
+def test_data_sets_default_to_the_shared_files_and_are_named_by_stem(tmp_path, monkeypatch):
+  import _common
+  stripped, skull = tmp_path / "brain_t1w_val.npz", tmp_path / "brain_t1w_skull_val.npz"
+  monkeypatch.setattr(_common, "SHARED_VALS", (stripped, skull))
+  assert _common.data_paths(None) == [vdm_mri.SAMPLE_DATA]
+  skull.write_bytes(b"")
+  assert _common.data_paths(None) == [skull]
+  stripped.write_bytes(b"")
+  assert _common.data_paths(None) == [stripped, skull]  # stripped first
+  assert _common.data_paths("b.npz,a_val.npz") == [pathlib.Path("b.npz"), pathlib.Path("a_val.npz")]
+  assert [_common.set_name(p) for p in (stripped, skull, vdm_mri.SAMPLE_DATA, "x/val_set.npz")] == [
+      "brain_t1w", "brain_t1w_skull", "brain_t1w_sample", "val_set"]
+
+
+def test_two_files_with_one_set_name_are_exit_code_2(checkpoint, tmp_path, capsys):
+  (tmp_path / "sub").mkdir()
+  for path in (tmp_path / "a_val.npz", tmp_path / "sub" / "a.npz"):
+    path.write_bytes(vdm_mri.SAMPLE_DATA.read_bytes())
+  with pytest.raises(SystemExit) as e:
+    _run("fig4_lambda", checkpoint, tmp_path / "out",
+         data=f"{tmp_path / 'a_val.npz'},{tmp_path / 'sub' / 'a.npz'}")
+  assert e.value.code == 2 and "'a'" in capsys.readouterr().err
+  assert not (tmp_path / "out").exists()
+
+
+def test_superres_figure_writes_a_panel_per_set_and_consistent_vdm(checkpoint, two_sets,
+                                                                   tmp_path):
+  report = _run("_superres_figure", checkpoint, tmp_path, "--num_samples=2", data=two_sets)
   saved = json.loads((tmp_path / "superres_32x32.json").read_text())
-  assert saved["methods"].keys() == report["methods"].keys() >= {"zero-fill", "vdm_mean"}
-  # The final projection makes every VDM output consistent with ŷ₀; magnitude baselines are not.
-  assert saved["methods"]["vdm_mean"]["residual"] < 1e-5
-  assert saved["methods"]["zero-fill"]["residual"] > 1e-3
-  assert len(saved["subjects"]) == 2  # --quick: two subjects, one slice each
+  assert list(saved["sets"]) == list(report["sets"]) == ["stripped", "mirrored"]
+  panels = {}
+  for name, entry in saved["sets"].items():
+    panels[name] = np.asarray(Image.open(tmp_path / f"superres_32x32_{name}.png"))
+    assert panels[name].shape[0] == 5 * (128 + 2)  # LR, zero-fill, bilinear, VDM, truth
+    assert entry["methods"].keys() >= {"zero-fill", "vdm_mean"}
+    # The final projection makes every VDM output consistent with ŷ₀; magnitude baselines are not.
+    assert entry["methods"]["vdm_mean"]["residual"] < 1e-5
+    assert entry["methods"]["zero-fill"]["residual"] > 1e-3
+    assert len(entry["subjects"]) == 2 and len(entry["slices"]) == 2  # --quick: 2 x 1 slice
+  # Each panel shows its own set: the truth row of "mirrored" is that of "stripped", flipped.
+  truth = np.s_[4 * 130:4 * 130 + 128, 90:90 + 128]
+  np.testing.assert_array_equal(panels["mirrored"][truth], panels["stripped"][truth][:, ::-1])
 
 
 def test_lambda_sweep_moves_toward_the_measurement(checkpoint, tmp_path):
@@ -55,22 +100,104 @@ def test_lambda_sweep_moves_toward_the_measurement(checkpoint, tmp_path):
   residuals = [r["residual_mean"] for r in rows]
   assert residuals[0] > residuals[1] > residuals[2]
   with open(tmp_path / "lambda_sweep.csv") as f:
-    assert [float(r["lam"]) for r in csv.DictReader(f)] == [0.0, 0.5, 1.0]
-  assert Image.open(tmp_path / "lambda_sweep.png").size[0] > 4 * 128  # 3 λ + truth columns
+    saved = list(csv.DictReader(f))
+  assert [(r["set"], float(r["lam"])) for r in saved] == [
+      ("brain_t1w_sample", lam) for lam in (0.0, 0.5, 1.0)]
+  # 3 λ + truth columns
+  assert Image.open(tmp_path / "lambda_sweep_brain_t1w_sample.png").size[0] > 4 * 128
 
 
 def test_table_has_every_size_noise_and_method(checkpoint, tmp_path):
   rows = _run("table_val", checkpoint, tmp_path, "--sizes=32x32,48x48", "--noise=0,0.05",
               "--num_samples=2")
   methods = {"zero-fill", "bilinear", "bicubic", "vdm_sample", "vdm_mean_k2"}
-  assert {(r["lowres"], r["sigma_y"], r["method"]) for r in rows} == {
-      (s, n, m) for s in ("32x32", "48x48") for n in (0.0, 0.05) for m in methods}
+  assert {(r["set"], r["lowres"], r["sigma_y"], r["method"]) for r in rows} == {
+      ("brain_t1w_sample", s, n, m) for s in ("32x32", "48x48") for n in (0.0, 0.05)
+      for m in methods}
   table = json.loads((tmp_path / "table_val.json").read_text())
-  assert table["num_slices"] == 2 and len(table["rows"]) == len(rows)
+  assert table["sets"]["brain_t1w_sample"]["num_slices"] == 2
+  assert len(table["rows"]) == len(rows)
+  with open(tmp_path / "table_val.csv") as f:
+    assert {r["set"] for r in csv.DictReader(f)} == {"brain_t1w_sample"}
   for r in rows:
     assert np.isfinite([r["psnr"], r["ssim"], r["nmse"], r["residual"]]).all()
     if r["method"].startswith("vdm") and r["sigma_y"] == 0.0:
       assert r["residual"] < 1e-5 and r["posterior_std"] > 0.0
+
+
+def test_nested_means_are_means_of_the_first_k_samples():
+  import curves
+  samples = np.random.default_rng(0).random((3, 4, 8, 8))
+  means = curves.nested_means(samples, [1, 3, 4])
+  np.testing.assert_array_equal(means[1], samples[:, 0])
+  np.testing.assert_allclose(means[3], samples[:, :3].mean(1))
+  np.testing.assert_allclose(means[4], samples.mean(1))
+  with pytest.raises(ValueError):
+    curves.nested_means(samples, [5])
+
+
+def test_calibration_counts_errors_within_two_std_per_region():
+  import curves
+  rng = np.random.default_rng(1)
+  gt = np.zeros((2, 16, 16))
+  gt[:, :, 8:] = 0.5  # right half "head"
+  std = rng.uniform(0.01, 0.1, gt.shape)
+  scale = np.where(gt > 0.05, 1.9, 2.1)  # inside 2σ on the head, just outside elsewhere
+  cal = curves.calibration(gt, gt + scale * std * rng.choice([-1, 1], gt.shape), std)
+  assert cal["head"]["pixels"] == 256 and cal["all"]["pixels"] == 512
+  assert cal["head"]["coverage"] == 1.0 and cal["all"]["coverage"] == 0.5
+  assert cal["head"]["corr"] == pytest.approx(1.0)  # |error| = 1.9·std: perfectly correlated
+  assert -1.0 <= cal["all"]["corr"] <= 1.0
+
+
+def test_line_plot_ticks_cover_the_data_and_lines_are_drawn():
+  import _plot
+  ticks = _plot.nice_ticks(21.9, 33.8)
+  assert ticks[0] <= 21.9 and ticks[-1] >= 33.8 and 3 <= len(ticks) <= 7
+  assert len(set(np.round(np.diff(ticks), 9))) == 1  # evenly spaced round steps
+  image = _plot.line_plot([_plot.Line("a", [1, 10, 100], [20.0, 25.0, float("nan")], ref=22.0),
+                           _plot.Line("b", [1, 100], [30.0, 31.0])],
+                          title="t", xlabel="x", ylabel="y", log_x=True, size=(300, 200))
+  assert image.size == (300, 200 + 2 * 14 + 6)  # axes, then one legend row per line
+  colours = {c for _, c in image.getcolors(1 << 16)}
+  assert set(_plot.COLOURS[:2]) <= colours
+
+
+def test_curves_have_every_point_per_set_and_a_nested_k_curve(checkpoint, two_sets, tmp_path):
+  import _common
+  from vdm_mri import sampling
+  rows = _run("curves", checkpoint, tmp_path, "--num_samples=2", data=two_sets)
+  with open(tmp_path / "curves.csv") as f:
+    saved = list(csv.DictReader(f))
+  assert len(saved) == len(rows)
+  points = {("reference", "zero_fill"), ("steps", "2"), ("steps", "4"), ("k", "1"), ("k", "2"),
+            ("calibration", "all"), ("calibration", "head")}
+  keys = [(r["set"], r["lowres"], r["kind"], r["value"]) for r in saved]
+  assert sorted(keys) == sorted((s, z, *p) for s in ("stripped", "mirrored")
+                                for z in ("64x64", "32x32") for p in points)
+  for r in saved:
+    cols = ("corr", "coverage") if r["kind"] == "calibration" else ("psnr", "ssim")
+    assert np.isfinite([float(r[c]) for c in cols]).all(), r
+    if r["kind"] == "calibration":
+      assert -1.0 <= float(r["corr"]) <= 1.0 and 0.0 <= float(r["coverage"]) <= 1.0
+  result = json.loads((tmp_path / "curves.json").read_text())
+  assert result["settings"]["steps_list"] == [2, 4] and result["settings"]["k_list"] == [1, 2]
+  # The K curve at k = K_max is the PSNR of the mean of all K_max samples: recompute it.
+  entry = result["sets"]["mirrored"]
+  case = entry["sizes"]["32x32"]
+  images, subjects = _common.load_sets(
+      _common.parser("").parse_args([f"--data={two_sets}", "--outdir=."]))["mirrored"][1:]
+  x, subj = images[entry["slices"]], subjects[entry["slices"]]
+  model, params = _common.load_model(_common.parser("").parse_args(
+      [f"--checkpoint={checkpoint}", "--outdir=."]))
+  post = sampling.posterior_samples(
+      model, params, _common.measure(x, (32, 32), 0.0, jax.random.key(0)),
+      key=jax.random.key(1), num_samples=2, num_steps=2, final_projection=True)
+  assert case["k"]["2"]["psnr"] == pytest.approx(_common.scores(x, post.mean, subj)["psnr"],
+                                                 abs=1e-3)
+  assert case["k"]["2"] == case["calibration"]["mean"]
+  panel = Image.open(tmp_path / "curves.png")
+  assert panel.size[0] >= 2 * 480 and panel.size[1] >= 320 + 4 * 14  # two panels, 4 legend rows
 
 
 def test_missing_checkpoint_is_exit_code_2(tmp_path, capsys):

@@ -174,8 +174,11 @@ def test_same_update_on_one_and_eight_devices(reference, data_dir):
     batch = {"image": jax.device_put(images.astype(np.float32), NamedSharding(mesh, P("data")))}
     results.append(jax.device_get(step(state, batch)))
   (state_1, metrics_1), (state_8, metrics_8) = results
-  for name in ("bpd", "prior", "recon", "diffusion", "grad_norm"):
-    np.testing.assert_allclose(metrics_1[name], metrics_8[name], rtol=1e-5)
+  for name in ("bpd", "prior", "recon", "diffusion"):
+    np.testing.assert_allclose(metrics_1[name], metrics_8[name], rtol=1e-5, err_msg=name)
+  # The gradient norm sums ~1e5 squares in a device-count-dependent order (1.2e-5 seen on an
+  # AVX2 CPU).
+  np.testing.assert_allclose(metrics_1["grad_norm"], metrics_8["grad_norm"], rtol=5e-5)
   # The score network's update must agree. (γ's gradient is a sum over the batch that nearly
   # cancels, about 1e-4 of the score's, so its float32 summation order shows; Adam then
   # amplifies that for its parameters, as it does on one device for any reordering.)
@@ -433,3 +436,18 @@ def test_two_data_sets_sr_validation_and_best_params(two_set_dir, tmp_path, monk
   assert pretrained.param_shapes(params) == pretrained.param_shapes(model.abstract_params())
   # A restarted run continues to compare against the saved best score.
   assert train.BestBySR(None, tmp_path, None, config).best == 0.5
+
+  # Warm start of a new work dir from the best params: step and parameters carried over, a fresh
+  # optimiser (its warm-up restarts), and training goes on from there.
+  warm = tmp_path / "warm"
+  config.sr_eval.every = 0
+  state = train.train_and_evaluate(config.copy_and_resolve_references(), warm,
+                                   init_from=str(best))  # num_steps 4: two more steps
+  assert int(state.step) == NUM_STEPS
+  lines = _metrics(warm)
+  assert [l["step"] for l in lines if "train/bpd" in l] == [3, 4]
+  assert [l["train/learning_rate"] for l in lines if "train/bpd" in l][0] == 0.0
+  config.training.num_steps = 2  # nothing to do: the state is the warm start itself
+  state = train.train_and_evaluate(config, tmp_path / "warm2", init_from=str(best))
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.ema_params), params)

@@ -1,7 +1,8 @@
 """Training loop: `python -m vdm_mri.train --config=configs/brain128.py --workdir=DIR`.
 
 Flags: --config (with --config.a.b=… overrides), --workdir, --data_dir (overrides
-config.data.path), --multi_host (call `jax.distributed.initialize()` first).
+config.data.path), --init_from (a params dir to start a new work dir from: the shipped prior
+or another run's best/), --multi_host (call `jax.distributed.initialize()` first).
 
 The work dir holds everything a run writes, and a run resumes from it automatically:
   checkpoints/   Orbax: TrainState + data-iterator position, the `keep_checkpoints` latest
@@ -13,7 +14,7 @@ on it, the state replicated; the loss noise is drawn for the whole global batch 
 (partitionable threefry), so an update does not depend on the device count.
 
 Exit codes of the command: 0 done; 1 non-finite loss (the last good checkpoint is kept);
-2 no or bad data (one-line message); 128+signum = 143 (SIGTERM) / 130 (SIGINT) after saving a
+2 no or bad data, or a bad --init_from params dir (one-line message); 128+signum = 143 (SIGTERM) / 130 (SIGINT) after saving a
 checkpoint at the current step.
 """
 
@@ -91,6 +92,13 @@ def make_optimizer(opt) -> tuple[optax.GradientTransformation, optax.Schedule]:
   return tx, lr_fn
 
 
+def optimizer_steps(opt_state):
+  """Updates the optimiser has made (its schedule's count): the training step, except after a
+  warm start, which begins a fresh optimiser (and learning-rate warm-up) at a later step."""
+  counts = [c for _, c in optax.tree_utils.tree_get_all_with_path(opt_state, "count")]
+  return counts[-1] if counts else jnp.zeros((), jnp.int32)
+
+
 def make_ema_rate(opt):
   """The EMA decay per step: `opt.ema_rate`, or with `opt.ema_halflife_images` > 0 an EMA whose
   half-life grows with the images seen (Karras et al. 2022, EDM): half-life
@@ -141,7 +149,7 @@ def train_step(state: TrainState, batch, *, model: model_lib.VDM, tx, lr_fn, num
   metrics = {
       "bpd": loss, "prior": terms.prior.mean(), "recon": terms.recon.mean(),
       "diffusion": terms.diffusion.mean(), "grad_norm": grad_norm,
-      "learning_rate": lr_fn(state.step), "gamma_0": gamma_01[0], "gamma_1": gamma_01[1],
+      "learning_rate": lr_fn(optimizer_steps(state.opt_state)), "gamma_0": gamma_01[0], "gamma_1": gamma_01[1],
       "ema_rate": jnp.asarray(rate, jnp.float32),
       "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
   }
@@ -418,8 +426,22 @@ def write_sample_grid(step: int, params, *, model: model_lib.VDM, images: np.nda
 # --------------------------------------------------------------------------------------------
 # The loop.
 # --------------------------------------------------------------------------------------------
-def train_and_evaluate(config, workdir) -> TrainState:
+def warm_start(state: TrainState, params_dir, model: model_lib.VDM, tx) -> TrainState:
+  """`state` with parameters and EMA from a params dir (`vdm_mri.pretrained`, e.g. the shipped
+  prior or a work dir's best/), its step count from the manifest, and a fresh optimiser state
+  (so the learning-rate warm-up runs again). Raises pretrained.PretrainedError."""
+  params = pretrained.load_params(params_dir, model)
+  step = int(pretrained.read_manifest(params_dir).get("step", 0))
+  params = jax.tree.map(jnp.asarray, params)
+  return state.replace(step=jnp.asarray(step, jnp.int32), params=params, ema_params=params,
+                       opt_state=tx.init(params))
+
+
+def train_and_evaluate(config, workdir, init_from: str | None = None) -> TrainState:
   """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final state.
+
+  `init_from`: a params dir to start from when the work dir has no checkpoint yet (see
+  `warm_start`); ignored once the run has checkpoints.
 
   Raises data.DataError (no/bad data), NonFiniteLoss, TrainingInterrupted (after saving).
   """
@@ -434,14 +456,20 @@ def train_and_evaluate(config, workdir) -> TrainState:
                      f"{mesh.size} devices")
 
   key_state, key_eval = jax.random.split(jax.random.key(config.seed))
-  state = jax.device_put(jax.device_get(create_train_state(model, tx, key_state)),
-                         NamedSharding(mesh, P()))
+  state = create_train_state(model, tx, key_state)
+  mngr = checkpoint_manager(workdir / "checkpoints", config.training.keep_checkpoints)
+  if mngr.latest_step() is None and init_from:
+    state = warm_start(state, init_from, model, tx)
+    logging.info("warm start from %s at step %d (fresh optimiser state)", init_from,
+                 int(state.step))
+  state = jax.device_put(jax.device_get(state), NamedSharding(mesh, P()))
+  # A warm start continues the step count; its data order is a new one (seed + step).
   iterator = data.train_iterator([s.train for s in sets], weights=weights,
-                                 global_batch=config.training.batch_size, seed=config.seed)
+                                 global_batch=config.training.batch_size,
+                                 seed=config.seed + int(state.step))
   logging.info("training data: %s", ", ".join(
       f"{s.name} ({len(s.train)} slices{'' if weights is None else f', weight {w:g}'})"
       for s, w in zip(sets, weights or [None] * len(sets))))
-  mngr = checkpoint_manager(workdir / "checkpoints", config.training.keep_checkpoints)
   if mngr.latest_step() is not None:
     state = restore_checkpoint(mngr, state, iterator)
     logging.info("restored checkpoint step %d from %s; data iterator state %s",
@@ -536,6 +564,9 @@ def define_flags():
                       "config.data.path)")
   flags.DEFINE_bool("multi_host", False, "call jax.distributed.initialize() first (cluster "
                     "settings auto-detected: SLURM, Open MPI, Kubernetes, Cloud TPU)")
+  flags.DEFINE_string("init_from", None, "params dir (manifest.json: the shipped prior "
+                      "vdm_mri/pretrained/…, or WORKDIR/best) to start a new work dir from; "
+                      "ignored when the work dir has checkpoints")
   flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -558,8 +589,8 @@ def main(argv):
   if flag_values.data_dir is not None:
     config.data.path = flag_values.data_dir
   try:
-    train_and_evaluate(config, flag_values.workdir)
-  except data.DataError as e:
+    train_and_evaluate(config, flag_values.workdir, init_from=flag_values.init_from)
+  except (data.DataError, pretrained.PretrainedError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   except NonFiniteLoss as e:
