@@ -144,6 +144,11 @@ def write_json(path: pathlib.Path, obj):
   print(f"wrote {path}")
 
 
+def write_text(path: pathlib.Path, text: str):
+  _atomic_write(path, text)
+  print(f"wrote {path}")
+
+
 def write_csv(path: pathlib.Path, rows: list[dict]):
   import io
   buf = io.StringIO()

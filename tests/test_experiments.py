@@ -207,3 +207,27 @@ def test_missing_checkpoint_is_exit_code_2(tmp_path, capsys):
   assert e.value.code == 2
   assert "no such directory" in capsys.readouterr().err
   assert not any(pathlib.Path(tmp_path).iterdir())
+
+
+def test_learning_curve_reads_sr_validations_against_images_seen(tmp_path, capsys):
+  work = tmp_path / "work"
+  work.mkdir()
+  (work / "config.json").write_text(json.dumps({"training": {"batch_size": 8}}))
+  records = [{"step": 50, "train/bpd": 9.0}, {"step": 100, "eval/bpd": 7.5},
+             {"step": 100, "sr/score": -0.5, "sr/a/32x32/psnr": 26.0,
+              "sr/a/32x32/psnr_gain": -0.5, "sr/a/32x32/zf_psnr": 26.5},
+             {"step": 200, "eval/bpd": 6.5},
+             {"step": 200, "sr/score": 0.25, "sr/a/32x32/psnr": 26.75,
+              "sr/a/32x32/psnr_gain": 0.25, "sr/a/32x32/zf_psnr": 26.5}]
+  (work / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+  module = importlib.import_module("learning_curve")
+  rows = module.main([f"--workdir={work}", f"--outdir={tmp_path / 'out'}"])
+  assert [(r["step"], r["images_seen"], r["eval_bpd"], r["a/32x32/psnr_gain"]) for r in rows] == [
+      (100, 800, 7.5, -0.5), (200, 1600, 6.5, 0.25)]
+  with open(tmp_path / "out" / "learning_curve.csv") as f:
+    assert [float(r["sr_score"]) for r in csv.DictReader(f)] == [-0.5, 0.25]
+  assert Image.open(tmp_path / "out" / "learning_curve.png").size[0] >= 400
+  assert (tmp_path / "out" / "metrics.jsonl").read_text() == (work / "metrics.jsonl").read_text()
+  with pytest.raises(SystemExit) as e:
+    module.main([f"--workdir={tmp_path / 'nowhere'}", f"--outdir={tmp_path / 'out2'}"])
+  assert e.value.code == 2 and "not a training work dir" in capsys.readouterr().err
