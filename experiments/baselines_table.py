@@ -34,60 +34,60 @@ METHODS = {
 
 
 def load_volumes(path):
-    """Magnitude images `[N, H, W]` float32 in [0, 1] and subject ids `[N]`."""
-    data = np.load(path)
-    return (data["images"] / 4095.0).astype(np.float32), data["subject"]
+  """Magnitude images `[N, H, W]` float32 in [0, 1] and subject ids `[N]`."""
+  data = np.load(path)
+  return (data["images"] / 4095.0).astype(np.float32), data["subject"]
 
 
 def baseline_table(x, subjects, lowres_shapes=LOWRES_SHAPES, methods=METHODS):
-    """{(h, w): {method: metrics.evaluate(...)}} for σ_y = 0 measurements of x `[N, H, W]`."""
-    full_shape = x.shape[-2:]
-    table = {}
-    for lowres_shape in lowres_shapes:
-        y0 = kspace.measure(x, lowres_shape)  # [N, h, w] complex64
-        table[lowres_shape] = {name: metrics.evaluate(x, np.asarray(fn(y0, full_shape)), subjects)
-                               for name, fn in methods.items()}
-    return table
+  """{(h, w): {method: metrics.evaluate(...)}} for σ_y = 0 measurements of x `[N, H, W]`."""
+  full_shape = x.shape[-2:]
+  table = {}
+  for lowres_shape in lowres_shapes:
+    y0 = kspace.measure(x, lowres_shape)  # [N, h, w] complex64
+    table[lowres_shape] = {name: metrics.evaluate(x, np.asarray(fn(y0, full_shape)), subjects)
+                           for name, fn in methods.items()}
+  return table
 
 
 def rows(table, set_name):
-    """Flat CSV rows: set, lowres, method, subject ("mean" for the average), psnr, ssim, nmse."""
-    for (h, w), by_method in table.items():
-        for name, result in by_method.items():
-            for sid, m in {**result["per_subject"], "mean": result}.items():
-                yield {"set": set_name, "lowres": f"{h}x{w}", "method": name, "subject": sid,
-                       "psnr": m["psnr"], "ssim": m["ssim"], "nmse": m["nmse"]}
+  """Flat CSV rows: set, lowres, method, subject ("mean" for the average), psnr, ssim, nmse."""
+  for (h, w), by_method in table.items():
+    for name, result in by_method.items():
+      for sid, m in {**result["per_subject"], "mean": result}.items():
+        yield {"set": set_name, "lowres": f"{h}x{w}", "method": name, "subject": sid,
+               "psnr": m["psnr"], "ssim": m["ssim"], "nmse": m["nmse"]}
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None, help="comma-separated slice .npz files "
-                        "(default: the shared validation sets)")
-    parser.add_argument("--outdir", type=Path, default=REPO / "results" / "baselines_table")
-    args = parser.parse_args()
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--data", default=None, help="comma-separated slice .npz files "
+                      "(default: the shared validation sets)")
+  parser.add_argument("--outdir", type=Path, default=REPO / "results" / "baselines_table")
+  args = parser.parse_args()
 
-    paths = _common.data_paths(args.data)
-    table_rows = []
-    for path in paths:
-        x, subjects = load_volumes(path)
-        table_rows += rows(baseline_table(x, subjects), _common.set_name(path))
+  paths = _common.data_paths(args.data)
+  table_rows = []
+  for path in paths:
+    x, subjects = load_volumes(path)
+    table_rows += rows(baseline_table(x, subjects), _common.set_name(path))
 
-    print(f"{'set':16} {'low-res':8} {'method':13} {'PSNR':>7} {'SSIM':>7} {'NMSE':>8}")
-    for r in table_rows:
-        if r["subject"] == "mean":
-            print(f"{r['set']:16} {r['lowres']:8} {r['method']:13} {r['psnr']:7.2f} "
-                  f"{r['ssim']:7.4f} {r['nmse']:8.5f}")
+  print(f"{'set':16} {'low-res':8} {'method':13} {'PSNR':>7} {'SSIM':>7} {'NMSE':>8}")
+  for r in table_rows:
+    if r["subject"] == "mean":
+      print(f"{r['set']:16} {r['lowres']:8} {r['method']:13} {r['psnr']:7.2f} "
+            f"{r['ssim']:7.4f} {r['nmse']:8.5f}")
 
-    args.outdir.mkdir(parents=True, exist_ok=True)
-    with open(args.outdir / "baselines_table.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(table_rows[0]))
-        writer.writeheader()
-        writer.writerows(table_rows)
-    with open(args.outdir / "baselines_table.json", "w") as f:
-        json.dump({"data": {_common.set_name(p): str(p) for p in paths}, "sigma_y": 0.0,
-                   "rows": table_rows}, f, indent=1)
-    print(f"wrote {args.outdir}/baselines_table.csv and .json")
+  args.outdir.mkdir(parents=True, exist_ok=True)
+  with open(args.outdir / "baselines_table.csv", "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=list(table_rows[0]))
+    writer.writeheader()
+    writer.writerows(table_rows)
+  with open(args.outdir / "baselines_table.json", "w") as f:
+    json.dump({"data": {_common.set_name(p): str(p) for p in paths}, "sigma_y": 0.0,
+               "rows": table_rows}, f, indent=1)
+  print(f"wrote {args.outdir}/baselines_table.csv and .json")
 
 
 if __name__ == "__main__":
-    main()
+  main()

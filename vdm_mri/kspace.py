@@ -56,188 +56,188 @@ _AXES = (-2, -1)
 # --- F, F⁻¹ -------------------------------------------------------------------------------------
 
 def fft2c(x):
-    """F: centred orthonormal DFT, fftshift(fft2(ifftshift(x), norm="ortho")) over the last two axes.
+  """F: centred orthonormal DFT, fftshift(fft2(ifftshift(x), norm="ortho")) over the last two axes.
 
-    `[..., H, W]` real or complex → `[..., H, W]` complex64. Unitary: ‖F x‖ = ‖x‖.
-    """
-    x = jnp.fft.ifftshift(x, axes=_AXES)
-    return jnp.fft.fftshift(jnp.fft.fft2(x, axes=_AXES, norm="ortho"), axes=_AXES)
+  `[..., H, W]` real or complex → `[..., H, W]` complex64. Unitary: ‖F x‖ = ‖x‖.
+  """
+  x = jnp.fft.ifftshift(x, axes=_AXES)
+  return jnp.fft.fftshift(jnp.fft.fft2(x, axes=_AXES, norm="ortho"), axes=_AXES)
 
 
 def ifft2c(k):
-    """F⁻¹ = F^H: fftshift(ifft2(ifftshift(k), norm="ortho")) over the last two axes."""
-    k = jnp.fft.ifftshift(k, axes=_AXES)
-    return jnp.fft.fftshift(jnp.fft.ifft2(k, axes=_AXES, norm="ortho"), axes=_AXES)
+  """F⁻¹ = F^H: fftshift(ifft2(ifftshift(k), norm="ortho")) over the last two axes."""
+  k = jnp.fft.ifftshift(k, axes=_AXES)
+  return jnp.fft.fftshift(jnp.fft.ifft2(k, axes=_AXES, norm="ortho"), axes=_AXES)
 
 
 # --- p⁻¹(Λ), p(Λ), Λ ----------------------------------------------------------------------------
 
 def _check_shapes(full_shape, lowres_shape):
-    """Validate (H, W) ⊇ (h, w); return both as int tuples."""
-    full_shape, lowres_shape = tuple(full_shape), tuple(lowres_shape)
-    for name, shape in (("full_shape", full_shape), ("lowres_shape", lowres_shape)):
-        if len(shape) != 2 or any(int(n) != n or n < 1 for n in shape):
-            raise ValueError(f"{name} must be two positive ints (H, W), got {shape}")
-    if any(n > N for n, N in zip(lowres_shape, full_shape)):
-        raise ValueError(f"low-res shape {lowres_shape} is larger than the target "
-                         f"{full_shape} along some axis")
-    return tuple(map(int, full_shape)), tuple(map(int, lowres_shape))
+  """Validate (H, W) ⊇ (h, w); return both as int tuples."""
+  full_shape, lowres_shape = tuple(full_shape), tuple(lowres_shape)
+  for name, shape in (("full_shape", full_shape), ("lowres_shape", lowres_shape)):
+    if len(shape) != 2 or any(int(n) != n or n < 1 for n in shape):
+      raise ValueError(f"{name} must be two positive ints (H, W), got {shape}")
+  if any(n > N for n, N in zip(lowres_shape, full_shape)):
+    raise ValueError(f"low-res shape {lowres_shape} is larger than the target "
+                     f"{full_shape} along some axis")
+  return tuple(map(int, full_shape)), tuple(map(int, lowres_shape))
 
 
 def _starts(full_shape, lowres_shape):
-    """First index of the centred crop along each axis: N//2 - n//2 (DC at N//2 and n//2)."""
-    return tuple(N // 2 - n // 2 for N, n in zip(full_shape, lowres_shape))
+  """First index of the centred crop along each axis: N//2 - n//2 (DC at N//2 and n//2)."""
+  return tuple(N // 2 - n // 2 for N, n in zip(full_shape, lowres_shape))
 
 
 def crop(k, lowres_shape):
-    """p⁻¹(Λ): the centre h×w of an H×W k-space. `[..., H, W]` → `[..., h, w]`."""
-    full_shape, (h, w) = _check_shapes(k.shape[-2:], lowres_shape)
-    r0, c0 = _starts(full_shape, (h, w))
-    return k[..., r0:r0 + h, c0:c0 + w]
+  """p⁻¹(Λ): the centre h×w of an H×W k-space. `[..., H, W]` → `[..., h, w]`."""
+  full_shape, (h, w) = _check_shapes(k.shape[-2:], lowres_shape)
+  r0, c0 = _starts(full_shape, (h, w))
+  return k[..., r0:r0 + h, c0:c0 + w]
 
 
 def pad(y, full_shape):
-    """p(Λ): zero-pad an h×w k-space to H×W, DC at (h//2, w//2) → (H//2, W//2).
+  """p(Λ): zero-pad an h×w k-space to H×W, DC at (h//2, w//2) → (H//2, W//2).
 
-    `[..., h, w]` → `[..., H, W]`. crop(pad(y)) = y exactly; pad is the adjoint of crop.
-    """
-    (H, W), (h, w) = _check_shapes(full_shape, y.shape[-2:])
-    r0, c0 = _starts((H, W), (h, w))
-    widths = [(0, 0)] * (y.ndim - 2) + [(r0, H - h - r0), (c0, W - w - c0)]
-    return jnp.pad(y, widths)
+  `[..., h, w]` → `[..., H, W]`. crop(pad(y)) = y exactly; pad is the adjoint of crop.
+  """
+  (H, W), (h, w) = _check_shapes(full_shape, y.shape[-2:])
+  r0, c0 = _starts((H, W), (h, w))
+  widths = [(0, 0)] * (y.ndim - 2) + [(r0, H - h - r0), (c0, W - w - c0)]
+  return jnp.pad(y, widths)
 
 
 def mask(full_shape, lowres_shape):
-    """Λ: `[H, W]` float32, 1 on the measured centre h×w, 0 elsewhere; Λ = pad(1_{h×w})."""
-    _, lowres_shape = _check_shapes(full_shape, lowres_shape)
-    return pad(jnp.ones(lowres_shape, jnp.float32), full_shape)
+  """Λ: `[H, W]` float32, 1 on the measured centre h×w, 0 elsewhere; Λ = pad(1_{h×w})."""
+  _, lowres_shape = _check_shapes(full_shape, lowres_shape)
+  return pad(jnp.ones(lowres_shape, jnp.float32), full_shape)
 
 
 def hermitian_weight(full_shape, lowres_shape):
-    """W: `[h, w]` float32, 2 on unpaired samples (mirror outside the crop), 1 elsewhere.
+  """W: `[h, w]` float32, 2 on unpaired samples (mirror outside the crop), 1 elsewhere.
 
-    Along an axis cropped from N to n, the first crop index (frequency -n/2) is unpaired iff n is
-    even and n < N (for n = N even, -N/2 is its own mirror modulo N). A sample is unpaired if its
-    row or its column is. See the module docstring for why (A A^T)⁻¹ = W ⊙ ·.
-    """
-    (H, W), (h, w) = _check_shapes(full_shape, lowres_shape)
-    row = jnp.zeros(h, bool).at[0].set(h % 2 == 0 and h < H)
-    col = jnp.zeros(w, bool).at[0].set(w % 2 == 0 and w < W)
-    return jnp.where(row[:, None] | col[None, :], 2.0, 1.0).astype(jnp.float32)
+  Along an axis cropped from N to n, the first crop index (frequency -n/2) is unpaired iff n is
+  even and n < N (for n = N even, -N/2 is its own mirror modulo N). A sample is unpaired if its
+  row or its column is. See the module docstring for why (A A^T)⁻¹ = W ⊙ ·.
+  """
+  (H, W), (h, w) = _check_shapes(full_shape, lowres_shape)
+  row = jnp.zeros(h, bool).at[0].set(h % 2 == 0 and h < H)
+  col = jnp.zeros(w, bool).at[0].set(w % 2 == 0 and w < W)
+  return jnp.where(row[:, None] | col[None, :], 2.0, 1.0).astype(jnp.float32)
 
 
 # --- measurement ŷ₀, ŷ_t --------------------------------------------------------------------------
 
 def measure(x0, lowres_shape, key=None, sigma_y=0.0):
-    """ŷ₀ = p⁻¹(Λ) F x₀ + ε_y (DESIGN §3). `[..., H, W]` → `[..., h, w]` complex64.
+  """ŷ₀ = p⁻¹(Λ) F x₀ + ε_y (DESIGN §3). `[..., H, W]` → `[..., h, w]` complex64.
 
-    ε_y is circular complex Gaussian of std σ_y: real and imaginary parts each N(0, σ_y²/2),
-    independent per sample, so E|ε_y|² = σ_y² (the same per-sample energy as a real image-space
-    noise of std σ_y after the unitary F). `key` is required whenever σ_y may be non-zero.
-    """
-    y0 = crop(fft2c(x0), lowres_shape)  # [..., h, w] complex64
-    if key is None:
-        if isinstance(sigma_y, numbers.Real) and sigma_y == 0:
-            return y0
-        raise ValueError("measure: sigma_y != 0 (or a traced sigma_y) needs a PRNG key")
-    key_re, key_im = jax.random.split(key)
-    eps_re = jax.random.normal(key_re, y0.shape, jnp.float32)
-    eps_im = jax.random.normal(key_im, y0.shape, jnp.float32)
-    eps_y = (sigma_y / math.sqrt(2.0)) * jax.lax.complex(eps_re, eps_im)
-    return y0 + eps_y.astype(y0.dtype)
+  ε_y is circular complex Gaussian of std σ_y: real and imaginary parts each N(0, σ_y²/2),
+  independent per sample, so E|ε_y|² = σ_y² (the same per-sample energy as a real image-space
+  noise of std σ_y after the unitary F). `key` is required whenever σ_y may be non-zero.
+  """
+  y0 = crop(fft2c(x0), lowres_shape)  # [..., h, w] complex64
+  if key is None:
+    if isinstance(sigma_y, numbers.Real) and sigma_y == 0:
+      return y0
+    raise ValueError("measure: sigma_y != 0 (or a traced sigma_y) needs a PRNG key")
+  key_re, key_im = jax.random.split(key)
+  eps_re = jax.random.normal(key_re, y0.shape, jnp.float32)
+  eps_im = jax.random.normal(key_im, y0.shape, jnp.float32)
+  eps_y = (sigma_y / math.sqrt(2.0)) * jax.lax.complex(eps_re, eps_im)
+  return y0 + eps_y.astype(y0.dtype)
 
 
 def perturb_measurement(y0, eps_image, alpha_t, sigma_t):
-    """ŷ_t = α_t·ŷ₀ + σ_t·p⁻¹(Λ) F ε, with ε an image-space N(0, I) draw `[..., H, W]`.
+  """ŷ_t = α_t·ŷ₀ + σ_t·p⁻¹(Λ) F ε, with ε an image-space N(0, I) draw `[..., H, W]`.
 
-    This is the measurement of z_t = α_t·x₀ + σ_t·ε (forward diffusion of the measured image), so
-    it has the same noise level as z_t on Λ. α_t, σ_t: scalars or arrays broadcastable against
-    `[..., h, w]` (e.g. `[B, 1, 1]`). Returns `[..., h, w]` complex64.
-    """
-    return alpha_t * y0 + sigma_t * crop(fft2c(eps_image), y0.shape[-2:])
+  This is the measurement of z_t = α_t·x₀ + σ_t·ε (forward diffusion of the measured image), so
+  it has the same noise level as z_t on Λ. α_t, σ_t: scalars or arrays broadcastable against
+  `[..., h, w]` (e.g. `[B, 1, 1]`). Returns `[..., h, w]` complex64.
+  """
+  return alpha_t * y0 + sigma_t * crop(fft2c(eps_image), y0.shape[-2:])
 
 
 # --- intensity scale and model space --------------------------------------------------------------
 
 def measurement_from_lowres(x_lr, full_shape):
-    """ŷ₀ = sqrt(HW/hw)·F_hw(x_lr): a user's h×w image as a measurement of the H×W image.
+  """ŷ₀ = sqrt(HW/hw)·F_hw(x_lr): a user's h×w image as a measurement of the H×W image.
 
-    With orthonormal FFTs, the same object at the same intensity has k-space
-    sqrt(hw/HW)·p⁻¹F(x) at size h×w (DESIGN §3), so this ŷ₀ makes zero-filling F⁻¹p(ŷ₀) come out
-    at x_lr's intensity, and equals crop(F x) for the band-limited x whose low-res image is x_lr.
-    `[..., h, w]` → `[..., h, w]` complex64.
-    """
-    (H, W), (h, w) = _check_shapes(full_shape, x_lr.shape[-2:])
-    return math.sqrt(H * W / (h * w)) * fft2c(x_lr)
+  With orthonormal FFTs, the same object at the same intensity has k-space
+  sqrt(hw/HW)·p⁻¹F(x) at size h×w (DESIGN §3), so this ŷ₀ makes zero-filling F⁻¹p(ŷ₀) come out
+  at x_lr's intensity, and equals crop(F x) for the band-limited x whose low-res image is x_lr.
+  `[..., h, w]` → `[..., h, w]` complex64.
+  """
+  (H, W), (h, w) = _check_shapes(full_shape, x_lr.shape[-2:])
+  return math.sqrt(H * W / (h * w)) * fft2c(x_lr)
 
 
 def lowres_from_measurement(y, full_shape):
-    """x_lr = sqrt(hw/HW)·F_hw⁻¹(ŷ), the inverse of `measurement_from_lowres`; complex64.
+  """x_lr = sqrt(hw/HW)·F_hw⁻¹(ŷ), the inverse of `measurement_from_lowres`; complex64.
 
-    Complex in general: for even h the unpaired edge row of crop(F x) is not Hermitian at size h.
-    Take |·| (or Re) for a magnitude image. `[..., h, w]` → `[..., h, w]`.
-    """
-    (H, W), (h, w) = _check_shapes(full_shape, y.shape[-2:])
-    return math.sqrt(h * w / (H * W)) * ifft2c(y)
+  Complex in general: for even h the unpaired edge row of crop(F x) is not Hermitian at size h.
+  Take |·| (or Re) for a magnitude image. `[..., h, w]` → `[..., h, w]`.
+  """
+  (H, W), (h, w) = _check_shapes(full_shape, y.shape[-2:])
+  return math.sqrt(h * w / (H * W)) * ifft2c(y)
 
 
 def _dc_spike(full_shape, lowres_shape):
-    """p⁻¹(Λ) F(1): `[h, w]` with sqrt(HW) at the DC sample (h//2, w//2) and 0 elsewhere."""
-    (H, W), (h, w) = _check_shapes(full_shape, lowres_shape)
-    return jnp.zeros((h, w), jnp.complex64).at[h // 2, w // 2].set(math.sqrt(H * W))
+  """p⁻¹(Λ) F(1): `[h, w]` with sqrt(HW) at the DC sample (h//2, w//2) and 0 elsewhere."""
+  (H, W), (h, w) = _check_shapes(full_shape, lowres_shape)
+  return jnp.zeros((h, w), jnp.complex64).at[h // 2, w // 2].set(math.sqrt(H * W))
 
 
 def encode_measurement(y, scale, offset, full_shape):
-    """Measurement of f = scale·x + offset given ŷ of x: scale·ŷ + offset·p⁻¹(Λ)F(1).
+  """Measurement of f = scale·x + offset given ŷ of x: scale·ŷ + offset·p⁻¹(Λ)F(1).
 
-    F is linear and F(1) = sqrt(HW)·δ_DC (DESIGN §3 "Model space vs image space"), so
-    crop(F(scale·x + offset)) = encode_measurement(crop(F x), scale, offset, (H, W)) exactly.
-    scale, offset: scalars (or broadcastable against `[..., h, w]`).
-    """
-    return scale * y + offset * _dc_spike(full_shape, y.shape[-2:])
+  F is linear and F(1) = sqrt(HW)·δ_DC (DESIGN §3 "Model space vs image space"), so
+  crop(F(scale·x + offset)) = encode_measurement(crop(F x), scale, offset, (H, W)) exactly.
+  scale, offset: scalars (or broadcastable against `[..., h, w]`).
+  """
+  return scale * y + offset * _dc_spike(full_shape, y.shape[-2:])
 
 
 def decode_measurement(y_f, scale, offset, full_shape):
-    """Inverse of `encode_measurement`: ŷ = (ŷ_f - offset·p⁻¹(Λ)F(1)) / scale."""
-    return (y_f - offset * _dc_spike(full_shape, y_f.shape[-2:])) / scale
+  """Inverse of `encode_measurement`: ŷ = (ŷ_f - offset·p⁻¹(Λ)F(1)) / scale."""
+  return (y_f - offset * _dc_spike(full_shape, y_f.shape[-2:])) / scale
 
 
 # --- guidance, projection, residual --------------------------------------------------------------
 
 def guide(x_t, y_t, lam):
-    """The paper's k-space guidance, returning a real image `[..., H, W]` float32.
+  """The paper's k-space guidance, returning a real image `[..., H, W]` float32.
 
-        x_t' = F⁻¹[λ·p(ŷ_t) + (1-λ)·Λ·F x_t + (I-Λ)·F x_t] = x_t + λ·F⁻¹ p(ŷ_t - p⁻¹F x_t),
+      x_t' = F⁻¹[λ·p(ŷ_t) + (1-λ)·Λ·F x_t + (I-Λ)·F x_t] = x_t + λ·F⁻¹ p(ŷ_t - p⁻¹F x_t),
 
-    with the real part taken Hermitian-consistently (module docstring, eq. (P)):
+  with the real part taken Hermitian-consistently (module docstring, eq. (P)):
 
-        x_t' = x_t + Re F⁻¹ p(W ⊙ λ(ŷ_t - p⁻¹ F x_t)).
+      x_t' = x_t + Re F⁻¹ p(W ⊙ λ(ŷ_t - p⁻¹ F x_t)).
 
-    For ŷ_t the measurement of a real image, p⁻¹F x_t' = λ·ŷ_t + (1-λ)·p⁻¹F x_t exactly on Λ; the
-    outer k-space (I-Λ)F x_t is kept except the mirror row/column (+h/2, +w/2) of unpaired edge
-    samples, which Hermitian symmetry ties to the measured ones. λ=0 returns x_t; λ=1 is
-    `project`. λ: scalar or broadcastable against `[..., h, w]` (e.g. `[B, 1, 1]`).
-    """
-    full_shape, lowres_shape = x_t.shape[-2:], y_t.shape[-2:]
-    w = hermitian_weight(full_shape, lowres_shape)  # [h, w]
-    r = y_t - crop(fft2c(x_t), lowres_shape)        # [..., h, w] complex64
-    return x_t + jnp.real(ifft2c(pad(w * lam * r, full_shape))).astype(x_t.dtype)
+  For ŷ_t the measurement of a real image, p⁻¹F x_t' = λ·ŷ_t + (1-λ)·p⁻¹F x_t exactly on Λ; the
+  outer k-space (I-Λ)F x_t is kept except the mirror row/column (+h/2, +w/2) of unpaired edge
+  samples, which Hermitian symmetry ties to the measured ones. λ=0 returns x_t; λ=1 is
+  `project`. λ: scalar or broadcastable against `[..., h, w]` (e.g. `[B, 1, 1]`).
+  """
+  full_shape, lowres_shape = x_t.shape[-2:], y_t.shape[-2:]
+  w = hermitian_weight(full_shape, lowres_shape)  # [h, w]
+  r = y_t - crop(fft2c(x_t), lowres_shape)        # [..., h, w] complex64
+  return x_t + jnp.real(ifft2c(pad(w * lam * r, full_shape))).astype(x_t.dtype)
 
 
 def project(x, y0):
-    """Orthogonal projection onto {real x : p⁻¹(Λ) F x = ŷ₀} = `guide` with λ=1 (eq. (P)).
+  """Orthogonal projection onto {real x : p⁻¹(Λ) F x = ŷ₀} = `guide` with λ=1 (eq. (P)).
 
-    The optional final step after sampling (DESIGN §3); residual(project(x, ŷ₀), ŷ₀) is at
-    round-off for ŷ₀ measured from a real image at even and odd sizes.
-    """
-    return guide(x, y0, 1.0)
+  The optional final step after sampling (DESIGN §3); residual(project(x, ŷ₀), ŷ₀) is at
+  round-off for ŷ₀ measured from a real image at even and odd sizes.
+  """
+  return guide(x, y0, 1.0)
 
 
 def residual(x, y0):
-    """Data-consistency ‖p⁻¹(Λ) F x̂ - ŷ₀‖ / ‖ŷ₀‖ per image.
+  """Data-consistency ‖p⁻¹(Λ) F x̂ - ŷ₀‖ / ‖ŷ₀‖ per image.
 
-    x `[..., H, W]` real, ŷ₀ `[..., h, w]` complex → `[...]` float32.
-    """
-    r = crop(fft2c(x), y0.shape[-2:]) - y0  # [..., h, w] complex64
-    norm = lambda k: jnp.sqrt(jnp.sum(jnp.abs(k) ** 2, axis=_AXES))
-    return norm(r) / norm(y0)
+  x `[..., H, W]` real, ŷ₀ `[..., h, w]` complex → `[...]` float32.
+  """
+  r = crop(fft2c(x), y0.shape[-2:]) - y0  # [..., h, w] complex64
+  norm = lambda k: jnp.sqrt(jnp.sum(jnp.abs(k) ** 2, axis=_AXES))
+  return norm(r) / norm(y0)
