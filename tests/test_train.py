@@ -399,7 +399,7 @@ def two_set_dir(data_dir, tmp_path_factory):
 
 def test_two_data_sets_sr_validation_and_best_params(two_set_dir, tmp_path, monkeypatch):
   from vdm_mri import pretrained, sample, validation  # pylint: disable=g-import-not-at-top
-  scores = iter([0.5, -1.0])  # the second validation is worse: best/ must keep step 2
+  scores = iter([0.5, -1.0, 0.75])  # the second validation is worse: best/ keeps step 2
   real_call = validation.SRValidation.__call__
 
   def scored(self, model, params):
@@ -436,18 +436,25 @@ def test_two_data_sets_sr_validation_and_best_params(two_set_dir, tmp_path, monk
   assert pretrained.param_shapes(params) == pretrained.param_shapes(model.abstract_params())
   # A restarted run continues to compare against the saved best score.
   assert train.BestBySR(None, tmp_path, None, config).best == 0.5
+  # Validating the last checkpoint (step 4, saved between validations) before training: better.
+  state = train.train_and_evaluate(config, tmp_path, validate_first=True)
+  assert int(state.step) == NUM_STEPS
+  manifest = pretrained.verify(best)
+  assert manifest["step"] == NUM_STEPS and manifest["metrics"]["sr/score"] == 0.75
+  params = sample.load_params(best, model)
 
   # Warm start of a new work dir from the best params: step and parameters carried over, a fresh
   # optimiser (its warm-up restarts), and training goes on from there.
   warm = tmp_path / "warm"
   config.sr_eval.every = 0
+  config.training.num_steps = NUM_STEPS + 2  # two more steps
   state = train.train_and_evaluate(config.copy_and_resolve_references(), warm,
-                                   init_from=str(best))  # num_steps 4: two more steps
-  assert int(state.step) == NUM_STEPS
+                                   init_from=str(best))
+  assert int(state.step) == NUM_STEPS + 2
   lines = _metrics(warm)
-  assert [l["step"] for l in lines if "train/bpd" in l] == [3, 4]
+  assert [l["step"] for l in lines if "train/bpd" in l] == [NUM_STEPS + 1, NUM_STEPS + 2]
   assert [l["train/learning_rate"] for l in lines if "train/bpd" in l][0] == 0.0
-  config.training.num_steps = 2  # nothing to do: the state is the warm start itself
+  config.training.num_steps = NUM_STEPS  # nothing to do: the state is the warm start itself
   state = train.train_and_evaluate(config, tmp_path / "warm2", init_from=str(best))
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.params), params)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(state.ema_params), params)

@@ -437,11 +437,14 @@ def warm_start(state: TrainState, params_dir, model: model_lib.VDM, tx) -> Train
                        opt_state=tx.init(params))
 
 
-def train_and_evaluate(config, workdir, init_from: str | None = None) -> TrainState:
+def train_and_evaluate(config, workdir, init_from: str | None = None,
+                       validate_first: bool = False) -> TrainState:
   """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final state.
 
   `init_from`: a params dir to start from when the work dir has no checkpoint yet (see
-  `warm_start`); ignored once the run has checkpoints.
+  `warm_start`); ignored once the run has checkpoints. `validate_first`: run the SR validation
+  (and keep best/) on the starting state before any step, e.g. to score the checkpoint that a
+  SIGTERM saved between validations (with num_steps = that step, nothing else runs).
 
   Raises data.DataError (no/bad data), NonFiniteLoss, TrainingInterrupted (after saving).
   """
@@ -497,6 +500,8 @@ def train_and_evaluate(config, workdir, init_from: str | None = None) -> TrainSt
         evaluate_sets, jit_eval_step(mesh, model, config.loss.num_steps), sets=val_sets,
         batch_size=config.training.batch_size, num_batches=config.training.eval_batches,
         key=key_eval, sharding=sharded)
+  if validate_first and sr_fn is not None:
+    sr_fn(int(state.step), model, state.ema_params)
   try:
     with stop_on_signals() as signals:
       state = _loop(state, config.training, step_fn, iterator, sharded, eval_fn, mngr, writer,
@@ -567,6 +572,8 @@ def define_flags():
   flags.DEFINE_string("init_from", None, "params dir (manifest.json: the shipped prior "
                       "vdm_mri/pretrained/…, or WORKDIR/best) to start a new work dir from; "
                       "ignored when the work dir has checkpoints")
+  flags.DEFINE_bool("validate_first", False, "run the SR validation on the restored state "
+                    "before training (keeps best/ if it is the best so far)")
   flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -589,7 +596,8 @@ def main(argv):
   if flag_values.data_dir is not None:
     config.data.path = flag_values.data_dir
   try:
-    train_and_evaluate(config, flag_values.workdir, init_from=flag_values.init_from)
+    train_and_evaluate(config, flag_values.workdir, init_from=flag_values.init_from,
+                       validate_first=flag_values.validate_first)
   except (data.DataError, pretrained.PretrainedError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
