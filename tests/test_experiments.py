@@ -231,3 +231,29 @@ def test_learning_curve_reads_sr_validations_against_images_seen(tmp_path, capsy
   with pytest.raises(SystemExit) as e:
     module.main([f"--workdir={tmp_path / 'nowhere'}", f"--outdir={tmp_path / 'out2'}"])
   assert e.value.code == 2 and "not a training work dir" in capsys.readouterr().err
+
+
+def test_export_prior_sets_sampling_defaults_and_keeps_the_selection(tmp_path, capsys):
+  import jax  # pylint: disable=g-import-not-at-top
+  from vdm_mri import model as model_lib, pretrained  # pylint: disable=g-import-not-at-top
+  config = load_config("tiny")
+  config.model.ch, config.model.ch_mult = 8, (1, 1, 1, 1)
+  params = model_lib.from_config(config).init(jax.random.key(0))
+  src = pretrained.export(tmp_path / "best", params, config, step=12, images_seen=96,
+                          metrics={"sr/score": 0.3})
+  module = importlib.import_module("export_prior")
+  dst = module.main([f"--src={src}", f"--dst={tmp_path / 'ship'}", "--steps=7",
+                     "--num_samples=3", "--note=test"])
+  manifest = pretrained.verify(dst)
+  assert (manifest["step"], manifest["images_seen"], manifest["note"]) == (12, 96, "test")
+  assert manifest["metrics"]["sr/score"] == 0.3
+  shipped = pretrained.load_config(dst)
+  assert (shipped.sampling.steps, shipped.sampling.num_samples) == (7, 3)
+  assert shipped.model.to_dict() == pretrained.load_config(src).model.to_dict()
+  jax.tree.map(np.testing.assert_array_equal, pretrained.load_params(dst),
+               pretrained.load_params(src))
+  (src / pretrained.PARAMS_FILE).write_bytes(b"changed")
+  with pytest.raises(SystemExit) as e:
+    module.main([f"--src={src}", f"--dst={tmp_path / 'ship2'}"])
+  assert e.value.code == 2 and "manifest says" in capsys.readouterr().err
+  assert not (tmp_path / "ship2").exists()
