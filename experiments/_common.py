@@ -86,8 +86,15 @@ def set_name(path) -> str:
   return stem[:-len("_val")] if stem.endswith("_val") and stem != "_val" else stem
 
 
-def load_sets(args) -> dict[str, tuple[pathlib.Path, np.ndarray, np.ndarray]]:
-  """{set name: (path, images [N, H, W] float32 in [0, 1], subjects [N])} from --data, in order."""
+def display_path(path) -> str:
+  """`path` relative to the repository (e.g. ../shared/data/x.npz): what outputs record, so that
+  committed results name no machine's directories."""
+  return os.path.relpath(pathlib.Path(path).resolve(), REPO)
+
+
+def load_sets(args) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
+  """{set name: (path relative to the repository, images [N, H, W] float32 in [0, 1],
+  subjects [N])} from --data, in order."""
   sets = {}
   for path in data_paths(args.data):
     name = set_name(path)
@@ -96,8 +103,9 @@ def load_sets(args) -> dict[str, tuple[pathlib.Path, np.ndarray, np.ndarray]]:
                               f"({sets[name][0]} and {path})")
     slices = data.read_npz(path)
     images = slices.images.astype(np.float32) / data.QUANT_MAX
-    print(f"data {name}: {path} ({images.shape[0]} slices, {len(set(slices.subject))} subjects)")
-    sets[name] = (path, images, np.asarray(slices.subject))
+    shown = display_path(path)
+    print(f"data {name}: {shown} ({images.shape[0]} slices, {len(set(slices.subject))} subjects)")
+    sets[name] = (shown, images, np.asarray(slices.subject))
   return sets
 
 

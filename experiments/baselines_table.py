@@ -84,7 +84,8 @@ def main():
     writer.writeheader()
     writer.writerows(table_rows)
   with open(args.outdir / "baselines_table.json", "w") as f:
-    json.dump({"data": {_common.set_name(p): str(p) for p in paths}, "sigma_y": 0.0,
+    shown = {_common.set_name(p): _common.display_path(p) for p in paths}
+    json.dump({"data": shown, "sigma_y": 0.0,
                "rows": table_rows}, f, indent=1)
   print(f"wrote {args.outdir}/baselines_table.csv and .json")
 

@@ -90,6 +90,11 @@ def test_superres_figure_writes_a_panel_per_set_and_consistent_vdm(checkpoint, t
     assert entry["methods"]["vdm_mean"]["residual"] < 1e-5
     assert entry["methods"]["zero-fill"]["residual"] > 1e-3
     assert len(entry["subjects"]) == 2 and len(entry["slices"]) == 2  # --quick: 2 x 1 slice
+  # Data files recorded relative to the repository: committed results name no machine's dirs.
+  recorded = [saved["sets"][name]["data"] for name in ("stripped", "mirrored")]
+  assert not any(pathlib.Path(r).is_absolute() for r in recorded)
+  assert [str((REPO / r).resolve()) for r in recorded] == [
+      str(pathlib.Path(p).resolve()) for p in two_sets.split(",")]
   # Each panel shows its own set: the truth row of "mirrored" is that of "stripped", flipped.
   truth = np.s_[4 * 130:4 * 130 + 128, 90:90 + 128]
   np.testing.assert_array_equal(panels["mirrored"][truth], panels["stripped"][truth][:, ::-1])

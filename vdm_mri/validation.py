@@ -70,11 +70,6 @@ class SRValidation:
         self.cases.append(_Case(f"{set_name}/{lowres_name(shape)}", images,
                                 np.asarray(subjects), y0, _scores(images, zf, subjects)))
 
-  @property
-  def num_slices(self) -> int:
-    return sum(len(c.images) for c in self.cases) // max(1, len({c.name.rsplit("/", 1)[1]
-                                                                for c in self.cases}))
-
   def baseline_values(self) -> dict:
     """Zero-filling's metrics, {"sr/<set>/<h>x<w>/zf_psnr": …} (constant over training)."""
     return {f"sr/{c.name}/zf_{k}": v for c in self.cases for k, v in c.zero_fill.items()}
