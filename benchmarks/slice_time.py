@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import vdm_mri
-from vdm_mri import data, kspace, sample, sampling
+from vdm_mri import data, kspace, sample, sampling, sr_io
 from vdm_mri import model as model_lib
 
 
@@ -34,9 +34,9 @@ def main():
   args = parser.parse_args()
 
   workdir = sample.resolve_workdir(args.checkpoint)
-  config = sample.load_config(workdir, None)
+  config = sr_io.load_config(workdir, None)
   model = model_lib.from_config(config)
-  params = sample.load_params(workdir, model)
+  params = sr_io.load_params(workdir, model)
   steps = args.steps or config.sampling.steps
   k = args.num_samples or config.sampling.num_samples
   h, _, w = args.lowres.partition("x")

@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import vdm_mri
-from vdm_mri import baselines, data, kspace, metrics, sample, validation
+from vdm_mri import baselines, data, kspace, metrics, sample, sr_io, validation
 from vdm_mri import model as model_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -58,7 +58,7 @@ def exit_on_bad_input():
   """InputError / DataError / ValueError from loading -> one line on stderr, exit code 2."""
   try:
     yield
-  except (sample.InputError, data.DataError, FileNotFoundError) as e:
+  except (sr_io.InputError, data.DataError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
@@ -67,9 +67,9 @@ def load_model(args):
   """(model.VDM, EMA params) from --checkpoint (and --config)."""
   workdir = sample.resolve_workdir(args.checkpoint)
   config = model_lib.load_config_file(args.config) if args.config else None
-  config = sample.load_config(workdir, config)
+  config = sr_io.load_config(workdir, config)
   vdm_model = model_lib.from_config(config)
-  return vdm_model, sample.load_params(workdir, vdm_model)
+  return vdm_model, sr_io.load_params(workdir, vdm_model)
 
 
 def data_paths(flag: str | None) -> list[pathlib.Path]:
@@ -99,7 +99,7 @@ def load_sets(args) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
   for path in data_paths(args.data):
     name = set_name(path)
     if name in sets:
-      raise sample.InputError(f"--data: two files give the set name {name!r} "
+      raise sr_io.InputError(f"--data: two files give the set name {name!r} "
                               f"({sets[name][0]} and {path})")
     slices = data.read_npz(path)
     images = slices.images.astype(np.float32) / data.QUANT_MAX

@@ -3,6 +3,7 @@
 import json
 import sys
 
+import grain
 import nibabel as nib
 import numpy as np
 import pytest
@@ -324,14 +325,41 @@ def test_train_iterator_state_resumes_exactly(tmp_path):
   assert [_ids(b) for b in _take(fresh, 3)] == expected
 
 
-def test_train_iterator_processes_see_disjoint_examples():
+@pytest.mark.parametrize("count", [2, 3])
+def test_train_iterator_processes_split_the_one_process_batches(count):
+  """The processes' batches, concatenated in process order, are the one-process global batches
+  (same images, same order), for one source and for a mixture; within a global batch the
+  processes read disjoint rows."""
+  for sources, weights in [(_indexed_source(37), None),
+                           ([_offset_source(20, 0), _offset_source(50, 1000)], [0.6, 0.4])]:
+    kw = dict(global_batch=6, seed=2, num_threads=0, weights=weights)
+    single = [_ids(b) for b in _take(data.train_iterator(
+        sources, process_index=0, process_count=1, **kw), 15)]
+    parts = [[_ids(b) for b in _take(data.train_iterator(
+        sources, process_index=p, process_count=count, **kw), 15)] for p in range(count)]
+    assert all(len(parts[p][k]) == 6 // count for p in range(count) for k in range(15))
+    assert [sum((parts[p][k] for p in range(count)), []) for k in range(15)] == single
+
+
+def test_train_iterator_one_process_order_matches_earlier_checkpoints():
+  """One process reads the same stream as the earlier pipeline (strided per-process shuffle),
+  so a work dir trained before keeps its data order when it resumes."""
+  source = _indexed_source(37)
+  earlier = (grain.MapDataset.source(source).shuffle(seed=4)[0:37:1].repeat(None)
+             .map(lambda e: e["image"]).batch(4, drop_remainder=True))
+  got = _take(data.train_iterator(source, global_batch=4, seed=4, process_index=0,
+                                  process_count=1, num_threads=0), 20)
+  assert [_ids(b) for b in got] == [
+      np.round(earlier[k][:, 0, 0, 0]).astype(int).tolist() for k in range(20)]
+
+
+def test_train_iterator_final_global_batch_in_lock_step():
   source = _indexed_source(37)
   kw = dict(global_batch=6, seed=2, process_count=2, num_epochs=1, num_threads=0)
-  seen = [sum((_ids(b) for b in data.train_iterator(source, process_index=p, **kw)), [])
-          for p in (0, 1)]
-  assert len(seen[0]) == len(seen[1]) == 18  # 37 // 2 per process, batch 3 each
-  assert not set(seen[0]) & set(seen[1])
-  assert len(set(seen[0]) | set(seen[1])) == 36
+  seen = [[_ids(b) for b in data.train_iterator(source, process_index=p, **kw)] for p in (0, 1)]
+  assert len(seen[0]) == len(seen[1]) == 6  # 37 // 6 global batches, none half-read
+  flat = [sum(part, []) for part in seen]
+  assert not set(flat[0]) & set(flat[1]) and len(set(flat[0]) | set(flat[1])) == 36
 
 
 def test_eval_batches_cover_every_example_once():
@@ -347,6 +375,13 @@ def test_eval_batches_cover_every_example_once():
     assert np.all(b["image"][~b["valid"]] == 0) and np.all(b["slice_index"][~b["valid"]] == -1)
   assert sorted(ids) == list(range(37))
   assert subjects.count("s0") == 8
+  # The global batches (process rows concatenated) are those of one process with batch 16.
+  single = list(data.eval_batches(source, batch_size=16, process_index=0, process_count=1))
+  for k, one in enumerate(single):
+    both = np.concatenate([batches[0][k]["image"], batches[1][k]["image"]])
+    assert np.array_equal(both, one["image"])
+    assert np.array_equal(np.concatenate([batches[0][k]["valid"], batches[1][k]["valid"]]),
+                          one["valid"])
 
 
 def test_open_split_reads_npz_pairs_and_explains_missing_data(tmp_path):

@@ -398,7 +398,7 @@ def two_set_dir(data_dir, tmp_path_factory):
 
 
 def test_two_data_sets_sr_validation_and_best_params(two_set_dir, tmp_path, monkeypatch):
-  from vdm_mri import pretrained, sample, validation  # pylint: disable=g-import-not-at-top
+  from vdm_mri import pretrained, sr_io, validation  # pylint: disable=g-import-not-at-top
   scores = iter([0.5, -1.0, 0.75])  # the second validation is worse: best/ keeps step 2
   real_call = validation.SRValidation.__call__
 
@@ -431,8 +431,8 @@ def test_two_data_sets_sr_validation_and_best_params(two_set_dir, tmp_path, monk
   assert manifest["step"] == 2 and manifest["metrics"]["sr/score"] == 0.5
   assert manifest["images_seen"] == 16
   # The best dir is what `python -m vdm_mri.sample --checkpoint=...` and the package load.
-  model = model_lib.from_config(sample.load_config(best, None))
-  params = sample.load_params(best, model)
+  model = model_lib.from_config(sr_io.load_config(best, None))
+  params = sr_io.load_params(best, model)
   assert pretrained.param_shapes(params) == pretrained.param_shapes(model.abstract_params())
   # A restarted run continues to compare against the saved best score.
   assert train.BestBySR(None, tmp_path, None, config).best == 0.5
@@ -441,7 +441,7 @@ def test_two_data_sets_sr_validation_and_best_params(two_set_dir, tmp_path, monk
   assert int(state.step) == NUM_STEPS
   manifest = pretrained.verify(best)
   assert manifest["step"] == NUM_STEPS and manifest["metrics"]["sr/score"] == 0.75
-  params = sample.load_params(best, model)
+  params = sr_io.load_params(best, model)
 
   # Warm start of a new work dir from the best params: step and parameters carried over, a fresh
   # optimiser (its warm-up restarts), and training goes on from there.

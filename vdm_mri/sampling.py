@@ -213,9 +213,11 @@ def make_sampler(model, mesh: jax.sharding.Mesh, *, num_steps: int, guided: bool
 # --------------------------------------------------------------------------------------------
 # Host-side drivers: per-sample keys, fixed-size padded batches, posterior statistics.
 # --------------------------------------------------------------------------------------------
-def sample_keys(key, num_measurements: int, num_samples: int):
-  """[N, K] keys: fold_in(fold_in(key, n), k), independent of how they are batched."""
-  per_n = jax.vmap(jax.random.fold_in, (None, 0))(key, jnp.arange(num_measurements))
+def sample_keys(key, num_measurements: int, num_samples: int, first_index: int = 0):
+  """[N, K] keys: fold_in(fold_in(key, n), k) for n = first_index … first_index + N - 1,
+  independent of how they are batched or split across processes."""
+  per_n = jax.vmap(jax.random.fold_in, (None, 0))(
+      key, first_index + jnp.arange(num_measurements))
   return jax.vmap(lambda k: jax.vmap(jax.random.fold_in, (None, 0))(k, jnp.arange(num_samples))
                   )(per_n)
 
@@ -264,14 +266,17 @@ class Posterior:
 
 def posterior_samples(model, params, y0, *, key, num_samples: int, lam: float = 1.0,
                       num_steps: int = 1000, final_projection: bool = True,
-                      batch_size: int = 4, progress_every: int = 0, mesh=None) -> Posterior:
+                      batch_size: int = 4, progress_every: int = 0, mesh=None,
+                      first_index: int = 0) -> Posterior:
   """K = num_samples guided samples for each measurement y0 [N, h, w] (intensity space).
 
   Batches hold min(batch_size, N·K) samples (rounded up to the device count), so a single
-  slice does not pay for a padded batch."""
+  slice does not pay for a padded batch. `first_index`: the index of y0[0] in the whole set
+  (its keys are `sample_keys(key, …, first_index)`), so a process given a share of the
+  measurements draws exactly what one process given all of them would."""
   mesh = make_mesh() if mesh is None else mesh
   n = y0.shape[0]
-  keys = sample_keys(key, n, num_samples).reshape(-1)  # [N·K], measurement-major
+  keys = sample_keys(key, n, num_samples, first_index).reshape(-1)  # [N·K], measurement-major
   y0_flat = jnp.repeat(jnp.asarray(y0, jnp.complex64), num_samples, axis=0)  # [N·K, h, w]
   sampler = make_sampler(model, mesh, num_steps=num_steps, guided=True,
                          final_projection=final_projection, progress_every=progress_every)

@@ -2,7 +2,8 @@
 
 Flags: --config (with --config.a.b=… overrides), --workdir, --data_dir (overrides
 config.data.path), --init_from (a params dir to start a new work dir from: the shipped prior
-or another run's best/), --multi_host (call `jax.distributed.initialize()` first).
+or another run's best/); several processes: --coordinator_address=HOST:PORT --num_processes=N
+--process_id=I, or --multi_host to detect them (`vdm_mri.distributed`).
 
 The work dir holds everything a run writes, and a run resumes from it automatically:
   checkpoints/   Orbax: TrainState + data-iterator position, the `keep_checkpoints` latest
@@ -45,8 +46,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 import vdm_mri
-from vdm_mri import (baselines, data, figures, kspace, metric_writer, pretrained, sampling,
-                     validation)
+from vdm_mri import (baselines, data, distributed, figures, kspace, metric_writer, pretrained,
+                     sampling, validation)
 from vdm_mri import model as model_lib
 
 
@@ -567,8 +568,7 @@ def define_flags():
   flags.DEFINE_string("workdir", None, "work directory: checkpoints, metrics; resumed from")
   flags.DEFINE_string("data_dir", None, "data directory or slice .npz file (overrides "
                       "config.data.path)")
-  flags.DEFINE_bool("multi_host", False, "call jax.distributed.initialize() first (cluster "
-                    "settings auto-detected: SLURM, Open MPI, Kubernetes, Cloud TPU)")
+  distributed.define_flags(flags.FLAGS)
   flags.DEFINE_string("init_from", None, "params dir (manifest.json: the shipped prior "
                       "vdm_mri/pretrained/…, or WORKDIR/best) to start a new work dir from; "
                       "ignored when the work dir has checkpoints")
@@ -589,9 +589,12 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   flag_values = flags.FLAGS
+  try:
+    distributed.initialize_from_flags(flag_values)  # before any other JAX call
+  except distributed.DistributedError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   vdm_mri.enable_compilation_cache()
-  if flag_values.multi_host:
-    jax.distributed.initialize()
   config = flag_values.config
   if flag_values.data_dir is not None:
     config.data.path = flag_values.data_dir

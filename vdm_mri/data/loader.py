@@ -208,12 +208,14 @@ def train_iterator(source, *, global_batch: int, seed: int, process_index: int |
   batch draws set i with probability weights[i] / sum(weights) (deterministic interleaving,
   grain's `MapDataset.mix`); `num_epochs` must then be None.
 
-  Every epoch is a fresh permutation (seed + epoch) of the whole source, identical on all
-  processes; process p takes positions p, p + count, ... of it, so processes see disjoint
-  examples within an epoch (the last len % count examples of each permutation are unused).
-  Batches run across epoch boundaries; with `num_epochs` the final partial batch is dropped.
-  `process_index`/`process_count` default to `jax.process_index()`/`jax.process_count()`.
-  The iterator's `get_state()`/`set_state()` resume exactly (see `checkpoint_args`).
+  Every epoch is a fresh permutation (seed + epoch) of the whole source. All processes define
+  the same stream of global batches; process p reads only rows p·B … (p+1)·B - 1 of each, so the
+  processes' batches, concatenated in process order (`jax.make_array_from_process_local_data`),
+  are the global batch of a single process: its images and their order do not depend on the
+  number of processes. Batches run across epoch boundaries; with `num_epochs` the final partial
+  global batch is dropped. `process_index`/`process_count` default to
+  `jax.process_index()`/`jax.process_count()`. The iterator's `get_state()`/`set_state()` resume
+  exactly (see `checkpoint_args`).
   """
   index, count = _process(process_index, process_count)
   if global_batch % count:
@@ -224,12 +226,9 @@ def train_iterator(source, *, global_batch: int, seed: int, process_index: int |
     raise ValueError("num_epochs is undefined for a mixture of several sources")
 
   def shuffled(src, seed_i):
-    per_process = len(src) // count
-    if per_process < batch:
-      raise DataError(f"{len(src)} examples give {per_process} per process, fewer than the "
-                      f"per-process batch {batch}")
-    ds = grain.MapDataset.source(src).shuffle(seed=seed_i)[index:per_process * count:count]
-    return ds.repeat(num_epochs).map(_image_only)
+    if len(src) < batch:
+      raise DataError(f"{len(src)} examples, fewer than the per-process batch {batch}")
+    return grain.MapDataset.source(src).shuffle(seed=seed_i).repeat(num_epochs).map(_image_only)
 
   if len(sources) == 1:
     ds = shuffled(sources[0], seed)
@@ -239,7 +238,9 @@ def train_iterator(source, *, global_batch: int, seed: int, process_index: int |
       raise ValueError(f"{len(weights)} weights for {len(sources)} sources")
     ds = grain.MapDataset.mix([shuffled(s, seed + i) for i, s in enumerate(sources)],
                               [float(w) for w in weights])
-  ds = ds.batch(batch, drop_remainder=True).map(_to_float)
+  # Local batch k of the stream is rows (k mod count)·B … of global batch k // count.
+  ds = ds.batch(batch, drop_remainder=True)
+  ds = ds[index:len(ds) - len(ds) % count:count].map(_to_float)
   options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=2 * num_threads)
   return iter(ds.to_iter_dataset(options))
 
@@ -247,17 +248,18 @@ def train_iterator(source, *, global_batch: int, seed: int, process_index: int |
 def eval_batches(source, *, batch_size: int, process_index: int | None = None,
                  process_count: int | None = None) -> Iterator[dict]:
   """One ordered pass: `{'image' float32 [B, H, W, 1], 'subject' str [B], 'slice_index' [B],
-  'valid' bool [B]}`.
+  'valid' bool [B]}`, B = `batch_size` per process.
 
-  Process p takes examples p, p + count, ...; the last batch is padded (image 0, subject '',
-  slice_index -1, valid False) and every process yields the same number of batches, so
-  collective eval steps stay in lock step.
+  Global batch g holds examples g·B·count … in order; process p takes its rows p·B … (p+1)·B - 1,
+  so the global batches do not depend on the number of processes. Rows past the end are padding
+  (image 0, subject '', slice_index -1, valid False) and every process yields the same number of
+  batches, so collective eval steps stay in lock step.
   """
   index, count = _process(process_index, process_count)
-  mine = np.arange(index, len(source), count)
-  n_batches = math.ceil(math.ceil(len(source) / count) / batch_size)
+  n_batches = math.ceil(len(source) / (batch_size * count))
   for b in range(n_batches):
-    rows = [source[int(i)] for i in mine[b * batch_size:(b + 1) * batch_size]]
+    start = (b * count + index) * batch_size
+    rows = [source[int(i)] for i in range(start, min(start + batch_size, len(source)))]
     shape = np.shape(rows[0]["image"]) if rows else np.shape(source[0]["image"])
     images = np.zeros((batch_size, *shape), np.uint16)
     subject = np.full(batch_size, "", dtype=object)
