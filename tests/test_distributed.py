@@ -138,7 +138,7 @@ def _train_args(data_dir, workdir, num_steps: int) -> list[str]:
           "--config.schedule.hidden=16", f"--config.training.num_steps={num_steps}",
           "--config.training.log_every=1", "--config.training.eval_every=2",
           "--config.training.eval_batches=1", "--config.training.checkpoint_every=2",
-          "--config.training.sample_every=1000", "--config.optimizer.warmup_steps=2"]
+          "--config.training.sample_every=4", "--config.sampling.steps=2", "--config.optimizer.warmup_steps=2"]
 
 
 def _logged(workdir, name: str) -> dict:
@@ -162,7 +162,7 @@ def one_process_run(data32, tmp_path_factory):
 def test_two_processes_train_and_resume_like_one(data32, one_process_run, tmp_path):
   """2 processes: 2 steps, stop, resume from their checkpoint to step 4; the logged bpd of
   every step, the eval bpd and the final EMA parameters equal one process's uninterrupted run.
-  Only process 0 writes metrics."""
+  Only process 0 writes metrics and the sample grid."""
   workdir = tmp_path / "two_processes"
   _launch("vdm_mri.train", _train_args(data32, workdir, 2), processes=2)
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
@@ -172,6 +172,8 @@ def test_two_processes_train_and_resume_like_one(data32, one_process_run, tmp_pa
     assert sorted(two) == sorted(one) and len(one) >= 2, name
     np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)],
                                rtol=1e-5, err_msg=name)
+  # Process 0 sampled the grid on its own devices from the global (replicated) parameters.
+  assert [p.name for p in (workdir / "samples").iterdir()] == ["step_00000004.png"]
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   train_steps = [r["step"] for r in rows if "train/bpd" in r]
   assert train_steps == [1, 2, 3, 4]  # one writer: each step logged once

@@ -131,6 +131,12 @@ def test_run_writes_checkpoints_metrics_and_tensorboard(reference):
     for tag, value in line.items():
       if tag != "step":
         assert scalars[(line["step"], tag)] == np.float32(value)
+  # The sample grid is in TensorBoard too, pixel for pixel.
+  images = _read_images(events[0])
+  assert list(images) == [(NUM_STEPS, "samples")]
+  logged = images[(NUM_STEPS, "samples")]  # tensorboardX stores grey as RGB
+  for channel in range(logged.shape[-1]):
+    np.testing.assert_array_equal(logged[..., channel], grid)
 
 
 def test_sigterm_saves_and_resume_is_bit_identical(reference, data_dir, tmp_path, monkeypatch):
@@ -270,21 +276,37 @@ def test_parameterless_schedule_trains_state_and_checkpoints(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(state))
 
 
-def test_event_records_are_crc_checked_tfrecords():
-  assert metric_writer.crc32c(b"123456789") == 0xE3069283  # the CRC-32C check value
-  record = metric_writer.tf_record(metric_writer.scalar_event(7, {"a/b": 1.5}, wall_time=2.0))
-  assert list(_records(record)) == [metric_writer.scalar_event(7, {"a/b": 1.5}, wall_time=2.0)]
-  corrupted = bytearray(record)
+def test_event_reader_checks_crcs(tmp_path):
+  """The independent reader below is itself checked: the CRC-32C check value, and a flipped
+  byte in an event file that MetricWriter wrote is caught."""
+  assert _crc32c(b"123456789") == 0xE3069283
+  writer = metric_writer.MetricWriter(tmp_path)
+  writer.write(7, {"a/b": 1.5})
+  writer.close()
+  (path,) = (tmp_path / "tb").glob("events.out.tfevents.*")
+  assert _read_scalars(path) == {(7, "a/b"): np.float32(1.5)}
+  corrupted = bytearray(path.read_bytes())
   corrupted[-5] ^= 1
+  path.write_bytes(bytes(corrupted))
   with pytest.raises(AssertionError):
-    list(_records(bytes(corrupted)))
+    _read_scalars(path)
 
 
 # --------------------------------------------------------------------------------------------
 # An independent reader of TensorBoard event files (TFRecord framing + the Event protobuf).
 # --------------------------------------------------------------------------------------------
+def _crc32c(data_bytes: bytes) -> int:
+  """CRC-32C (Castagnoli), bit by bit."""
+  c = 0xFFFFFFFF
+  for b in data_bytes:
+    c ^= b
+    for _ in range(8):
+      c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
+  return c ^ 0xFFFFFFFF
+
+
 def _masked_crc(b):
-  c = metric_writer.crc32c(b)
+  c = _crc32c(b)
   return ((c >> 15 | c << 17) + 0xA282EAD8) & 0xFFFFFFFF
 
 
@@ -324,18 +346,33 @@ def _fields(buf):
     yield key >> 3, value
 
 
-def _read_scalars(path) -> dict:
-  """{(step, tag): float32 value} from an event file; the first event must be the version."""
+def _summary_values(path):
+  """(step, tag, Summary.Value fields) of every value in an event file; the first event must
+  be the file version."""
   records = list(_records(path.read_bytes()))
   assert dict(_fields(records[0]))[3] == b"brain.Event:2"
-  out = {}
   for record in records[1:]:
     event = dict(_fields(record))
+    if 5 not in event:
+      continue
     for field, value in _fields(event[5]):
       assert field == 1
       v = dict(_fields(value))
-      out[(event[2], v[1].decode())] = np.float32(struct.unpack("<f", v[2])[0])
-  return out
+      yield event.get(2, 0), v[1].decode(), v
+
+
+def _read_scalars(path) -> dict:
+  """{(step, tag): float32 value} of the simple_value scalars of an event file."""
+  return {(step, tag): np.float32(struct.unpack("<f", v[2])[0])
+          for step, tag, v in _summary_values(path) if 2 in v}
+
+
+def _read_images(path) -> dict:
+  """{(step, tag): decoded image array} of the image summaries (Summary.Image, field 4;
+  its encoded PNG is field 4 inside) of an event file."""
+  import io  # pylint: disable=g-import-not-at-top
+  return {(step, tag): np.asarray(Image.open(io.BytesIO(dict(_fields(v[4]))[4])))
+          for step, tag, v in _summary_values(path) if 4 in v}
 
 
 def test_evaluation_batches_span_the_whole_validation_set():

@@ -8,7 +8,7 @@ or another run's best/); several processes: --coordinator_address=HOST:PORT --nu
 The work dir holds everything a run writes, and a run resumes from it automatically:
   checkpoints/   Orbax: TrainState + data-iterator position, the `keep_checkpoints` latest
   metrics.jsonl  one JSON object per log/eval step: {"step": …, "train/bpd": …, "eval/bpd": …}
-  tb/            TensorBoard scalars (event files written here without TensorFlow)
+  tb/            TensorBoard event files (tensorboardX): the same scalars, and the sample grids
 
 Data parallel: `train_step` is jitted over a 1-D mesh ('data') of all devices, the batch sharded
 on it, the state replicated; the loss noise is drawn for the whole global batch inside the jit
@@ -408,9 +408,10 @@ def _first_images(source, n: int) -> np.ndarray:
 
 
 def write_sample_grid(step: int, params, *, model: model_lib.VDM, images: np.ndarray, key, cfg,
-                      workdir: pathlib.Path):
-  """workdir/samples/step_N.png: prior samples, and 4x (H/4 x W/4 k-space centre) guided
-  reconstructions of fixed validation images beside zero-filling and the ground truth."""
+                      workdir: pathlib.Path, writer=None):
+  """workdir/samples/step_N.png (and the image "samples" in TensorBoard): prior samples, and 4x
+  (H/4 x W/4 k-space centre) guided reconstructions of fixed validation images beside
+  zero-filling and the ground truth."""
   full = images.shape[1:]
   y0 = kspace.measure(jnp.asarray(images), (full[0] // 4, full[1] // 4))
   kwargs = dict(num_steps=cfg.steps, batch_size=len(images))
@@ -420,8 +421,17 @@ def write_sample_grid(step: int, params, *, model: model_lib.VDM, images: np.nda
                                  num=len(images), **kwargs)
   rows = {"prior": prior, "zero-fill": np.asarray(baselines.zero_fill(y0, full)),
           "guided 4x": guided.mean, "truth": images}
-  path = figures.save_png(figures.grid(rows), workdir / "samples" / f"step_{step:08d}.png")
+  image = figures.grid(rows)
+  path = figures.save_png(image, workdir / "samples" / f"step_{step:08d}.png")
+  if writer is not None:
+    writer.write_image(step, "samples", np.asarray(image))
   logging.info("wrote %s", path)
+
+
+def host_copy(params):
+  """Numpy copies of replicated parameters, also of arrays that span other processes' devices
+  (process 0 samples the grids and the SR validation on its own devices)."""
+  return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), params)
 
 
 # --------------------------------------------------------------------------------------------
@@ -487,7 +497,8 @@ def train_and_evaluate(config, workdir, init_from: str | None = None,
     first = next(iter(val_sets.values()), sets[0].train)
     sample_fn = functools.partial(
         write_sample_grid, model=model, images=_first_images(first, 4),
-        key=jax.random.fold_in(key_eval, 1), cfg=config.sampling, workdir=workdir)
+        key=jax.random.fold_in(key_eval, 1), cfg=config.sampling, workdir=workdir,
+        writer=writer)
     sr_cfg = config.get("sr_eval")
     if sr_cfg is not None and sr_cfg.every > 0 and val_sets:
       sr_fn = BestBySR(make_sr_validation(val_sets, sr_cfg, jax.random.fold_in(key_eval, 2)),
@@ -502,7 +513,7 @@ def train_and_evaluate(config, workdir, init_from: str | None = None,
         batch_size=config.training.batch_size, num_batches=config.training.eval_batches,
         key=key_eval, sharding=sharded)
   if validate_first and sr_fn is not None:
-    sr_fn(int(state.step), model, state.ema_params)
+    sr_fn(int(state.step), model, host_copy(state.ema_params))
   try:
     with stop_on_signals() as signals:
       state = _loop(state, config.training, step_fn, iterator, sharded, eval_fn, mngr, writer,
@@ -547,9 +558,9 @@ def _loop(state, cfg, step_fn, iterator, sharding, eval_fn, mngr, writer, signal
       if due_eval:
         writer.write(step, eval_fn(state.ema_params))
       if sample_fn is not None and step % cfg.sample_every == 0:
-        sample_fn(step, state.ema_params)
+        sample_fn(step, host_copy(state.ema_params))
       if sr_fn is not None and step % sr_every == 0:
-        sr_fn(step, model, state.ema_params)
+        sr_fn(step, model, host_copy(state.ema_params))
       if due_save:
         save_checkpoint(mngr, state, iterator)
       if stopping:
