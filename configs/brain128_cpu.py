@@ -46,7 +46,9 @@ def get_config():
   config.training.sample_every = 10000
   config.training.checkpoint_every = 250  # ~4 min of CPU time
   config.training.keep_checkpoints = 2
-  config.sr_eval.every = 2500  # 20k images
-  config.sampling.steps = 100
-  config.sampling.num_samples = 2
+  config.sr_eval.every = 1500  # 12k images, ~40 min of this CPU
+  config.sr_eval.steps = 25  # the shipped sampling steps (README: curves)
+  config.sr_eval.num_samples = 4  # K of the selection (the shipped default may be larger)
+  config.sampling.steps = 10  # shipped default (README: fewer steps gave a better posterior mean)
+  config.sampling.num_samples = 16  # posterior samples averaged (each doubling: +0.1-0.4 dB)
   return config
