@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -97,22 +98,28 @@ def _free_port() -> int:
 
 def _launch(module: str, args: list[str], processes: int, devices: int = 1):
   """Run `python -m module args` as `processes` processes (one alone: no distributed flags);
-  fails with the output of the first failing process."""
+  fails with the output of the first failing process. Each process writes to its own log file
+  (a pipe that nobody drains while waiting on a peer could block it and hang both)."""
   port = _free_port()
   extra = lambda i: ([f"--coordinator_address=localhost:{port}", f"--num_processes={processes}",
                       f"--process_id={i}"] if processes > 1 else [])
+  logs = [tempfile.TemporaryFile(mode="w+") for _ in range(processes)]
   procs = [subprocess.Popen([sys.executable, "-m", module, *args, *extra(i)], cwd=REPO,
-                            env=_env(devices), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True) for i in range(processes)]
-  outputs = []
+                            env=_env(devices), stdout=log, stderr=subprocess.STDOUT, text=True)
+           for i, log in enumerate(logs)]
   try:
     for p in procs:
-      outputs.append(p.communicate(timeout=TIMEOUT_S)[0])
+      p.wait(timeout=TIMEOUT_S)
   finally:
     for p in procs:
       if p.poll() is None:
         p.kill()
         p.wait()
+  outputs = []
+  for log in logs:
+    log.seek(0)
+    outputs.append(log.read())
+    log.close()
   for i, (p, out) in enumerate(zip(procs, outputs)):
     assert p.returncode == 0, f"process {i} of {processes} exited {p.returncode}:\n{out[-3000:]}"
   return outputs

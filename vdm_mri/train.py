@@ -489,10 +489,10 @@ def train_and_evaluate(config, workdir, init_from: str | None = None,
     logging.info("restored checkpoint step %d from %s; data iterator state %s",
                  int(state.step), mngr.directory, iterator.get_state())
   writer = metric_writer.MetricWriter(workdir, resume_step=int(state.step),
-                        enabled=jax.process_index() == 0)
+                        enabled=distributed.is_primary())
   val_sets = {s.name: s.validation for s in sets if s.validation is not None}
   sample_fn = sr_fn = None
-  if jax.process_index() == 0:  # sampling runs on this process's devices only
+  if distributed.is_primary():  # sampling runs on this process's devices only
     save_config(config, workdir)
     first = next(iter(val_sets.values()), sets[0].train)
     sample_fn = functools.partial(
