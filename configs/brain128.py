@@ -20,6 +20,11 @@ def get_config():
   # proportion to their sizes). ../shared/data holds brain_t1w (skull-stripped) and
   # brain_t1w_skull (with skull), in that order.
   config.data.weights = ""
+  config.data.flip = False  # random left-right flips of the training slices
+  # Patch training (Patch Diffusion): random crops of these sizes per step (comma-separated,
+  # e.g. "32,64,128" with "0.2,0.3,0.5"; "" = whole images); needs model.coord_channels
+  config.data.patch_sizes = ""
+  config.data.patch_probs = ""
 
   config.schedule = ml_collections.ConfigDict()
   config.schedule.kind = "learned_nn"  # fixed_linear | learned_scalar | learned_nn (monotone net)
@@ -35,12 +40,18 @@ def get_config():
   config.model.dropout = 0.1  # dropout rate inside the ResNet blocks
   config.model.with_fourier_features = True  # sin/cos(2^6·2π z), (2^7·2π z) as extra inputs
   config.model.with_attention = False  # attention after every block (the middle always has one)
+  config.model.coord_channels = False  # pixel coordinates as two extra inputs (patch training)
   config.model.remat = True  # recompute ResNet blocks in the backward pass (fits 80 GB)
   config.model.dtype = "float32"  # compute dtype (parameters stay float32); or "bfloat16"
 
   config.loss = ml_collections.ConfigDict()
   config.loss.num_steps = 1000  # T of the discrete-time diffusion loss L_T; 0 = continuous L_∞
   config.loss.antithetic = True  # antithetic (low-discrepancy) sampling of t over the batch
+  # Training objective: "elbo" (the bound, the paper) or "sigmoid" (diffusion term weighted by
+  # sigmoid(γ + sigmoid_bias), noise levels importance-sampled; vdm.Weighting). Evaluation
+  # always reports the bound.
+  config.loss.weighting = "elbo"
+  config.loss.sigmoid_bias = 4.0  # w = 1/2 at γ = -bias
 
   config.optimizer = ml_collections.ConfigDict()
   config.optimizer.learning_rate = 2e-4  # AdamW peak learning rate
@@ -82,7 +93,10 @@ def get_config():
 
   config.sampling = ml_collections.ConfigDict()
   config.sampling.steps = 1000  # reverse steps (same γ, coarser grid when fewer)
-  config.sampling.lam = 1.0  # λ, weight of the measurement in the k-space guidance
+  config.sampling.sampler = "paper"  # paper (ancestral, λ-mixing) | projection (x̂₀ onto ŷ₀)
+  config.sampling.lam = 1.0  # λ, weight of the measurement in the k-space guidance (paper)
+  config.sampling.eta = 0.85  # η of the projection sampler's DDIM re-noising (0 … 1)
+  config.sampling.t_start = 1.0  # < 1: start from the noised zero-filled image at this t
   config.sampling.final_projection = True  # project the final image onto ŷ₀ (λ = 1)
   config.sampling.num_samples = 4  # posterior samples per measurement (mean and std reported)
   config.sampling.batch_size = 4  # images per compiled sampling call (over all devices)

@@ -166,6 +166,38 @@ def test_sigterm_saves_and_resume_is_bit_identical(reference, data_dir, tmp_path
   assert all(l["train/bpd"] > 0 for l in lines if "train/bpd" in l)  # the step-3 stub is gone
 
 
+def test_state_dir_continues_the_run_with_its_parameters_and_data_stream(data_dir, tmp_path,
+                                                                         monkeypatch):
+  first = jax.device_get(train.train_and_evaluate(_config(data_dir, num_steps=2),
+                                                  tmp_path / "a", state_dir=tmp_path / "state"))
+  manifest = json.loads((tmp_path / "state" / "manifest.json").read_text())
+  assert manifest["step"] == 2 and manifest["data_seed"] == 0 and manifest["data_state"]
+  raw = vdm_mri.pretrained.load_params(tmp_path / "state", raw=True)
+  jax.tree.map(np.testing.assert_array_equal, raw, first.params)
+  ema = vdm_mri.pretrained.load_params(tmp_path / "state")
+  jax.tree.map(np.testing.assert_array_equal, ema, first.ema_params)
+
+  seen = []
+
+  def record(n, state, batch):
+    seen.append((int(state.step), jax.device_get(state.params), np.asarray(batch["image"])))
+    return batch
+
+  _hook_steps(monkeypatch, record)
+  train.train_and_evaluate(_config(data_dir), tmp_path / "b", init_from=tmp_path / "state")
+  assert [s for s, _, _ in seen] == [2, 3]
+  jax.tree.map(np.testing.assert_array_equal, seen[0][1], first.params)  # the raw parameters
+  # The data stream goes on where it stopped: batches 3 and 4 of the run's own stream.
+  config = _config(data_dir)
+  stream = data.train_iterator([s.train for s in train.open_data(config.data.path)],
+                               global_batch=8, seed=config.seed)
+  expected = [next(stream)["image"] for _ in range(4)][2:]
+  for (_, _, got), want in zip(seen, expected):
+    np.testing.assert_array_equal(got, want)
+  record_file = json.loads((tmp_path / "b" / train.WARM_START_FILE).read_text())
+  assert record_file["data_seed"] == 0  # a resume of b reads the same stream
+
+
 def test_same_update_on_one_and_eight_devices(reference, data_dir):
   config = _config(data_dir)
   model = model_lib.from_config(config)

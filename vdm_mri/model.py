@@ -54,21 +54,26 @@ class VDM:
     """t -> γ(t) with the schedule parameters bound."""
     return lambda t: self.gamma.apply({"params": params["gamma"]}, t)
 
-  def eps_fn(self, params, key=None):
-    """(z_t, g_t) -> ε̂ with the network parameters bound; a `key` turns dropout on."""
+  def eps_fn(self, params, key=None, coords=None):
+    """(z_t, g_t) -> ε̂ with the network parameters bound; a `key` turns dropout on. `coords`
+    [B, h, w, 2]: where the input patch lies in the whole image (networks with coordinate
+    channels; None: the input is the whole image)."""
     rngs = {} if key is None else {"dropout": key}
+    extra = {} if coords is None else {"coords": coords}
     return lambda z, g: self.network.apply({"params": params["score"]}, z, g,
-                                           deterministic=key is None, rngs=rngs)
+                                           deterministic=key is None, rngs=rngs, **extra)
 
   def loss_terms(self, params, key, x, *, num_steps: int, train: bool,
-                 antithetic: bool = True) -> vdm.LossTerms:
-    """vdm.loss_terms for this model; `train` enables dropout."""
+                 antithetic: bool = True, coords=None,
+                 weighting: vdm.Weighting | None = None) -> vdm.LossTerms:
+    """vdm.loss_terms for this model; `train` enables dropout; `coords` as in `eps_fn` for
+    patches x; `weighting` None: the variational bound."""
     key, key_dropout = jax.random.split(key)
     return vdm.loss_terms(
         key, x, gamma_fn=self.gamma_fn(params),
-        eps_fn=self.eps_fn(params, key_dropout if train else None), bits=self.bits,
+        eps_fn=self.eps_fn(params, key_dropout if train else None, coords), bits=self.bits,
         num_steps=num_steps, gamma_min=self.gamma_min, gamma_max=self.gamma_max,
-        antithetic=antithetic)
+        antithetic=antithetic, weighting=weighting)
 
 
 def compile_unoptimised(fn, *args):
@@ -100,6 +105,8 @@ def load_config_file(path):
 def from_config(config) -> VDM:
   """Build the VDM described by `config.model`, `config.schedule` and `config.data`."""
   model_kw = _dtype_fields(dict(config.model))
+  if model_kw.get("coord_channels") and model_kw["kind"] == "unet":
+    model_kw.setdefault("base_resolution", config.data.image_size)  # patches: same blocks
   network = unet.make_network(model_kw.pop("kind"), **model_kw)
   sched_kw = dict(config.schedule)
   gamma = schedule.make_schedule(sched_kw.pop("kind"), **sched_kw)

@@ -22,11 +22,14 @@ checkpoint at the current step.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
+import json
 import math
 import logging as py_logging
 import os
 import pathlib
+import shutil
 import signal
 import sys
 import threading
@@ -49,6 +52,8 @@ import vdm_mri
 from vdm_mri import (baselines, data, distributed, figures, kspace, metric_writer, pretrained,
                      sampling, validation)
 from vdm_mri import model as model_lib
+from vdm_mri import vdm
+from vdm_mri.data import augment
 
 
 class NonFiniteLoss(RuntimeError):
@@ -58,9 +63,9 @@ class NonFiniteLoss(RuntimeError):
 class TrainingInterrupted(RuntimeError):
   """SIGTERM/SIGINT arrived; a checkpoint at the current step was saved first."""
 
-  def __init__(self, signum: int, step: int):
+  def __init__(self, signum: int, step: int, state=None):
     super().__init__(f"stopped by {signal.Signals(signum).name} at step {step} (checkpoint saved)")
-    self.signum, self.step = signum, step
+    self.signum, self.step, self.state = signum, step, state
 
 
 # --------------------------------------------------------------------------------------------
@@ -129,15 +134,51 @@ def create_train_state(model: model_lib.VDM, tx, key) -> TrainState:
 # --------------------------------------------------------------------------------------------
 # Steps (pure) and their jitted, data-parallel forms.
 # --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+  """What a train step does beyond the bound on whole images; static (one program each)."""
+
+  patch: int = 0  # crop size of this step (0: whole images; needs coordinate channels)
+  flip: bool = False  # random left-right flips
+  weighting: vdm.Weighting | None = None  # None: the variational bound
+
+
+def step_options(config) -> tuple[StepOptions, augment.PatchSchedule | None]:
+  """The config's step options (`data.flip`, `loss.weighting`) and its patch schedule
+  (`data.patch_sizes`, `data.patch_probs`; None: whole images)."""
+  kind = config.loss.get("weighting", "elbo")
+  if kind not in ("elbo", "sigmoid"):
+    raise ValueError(f"loss.weighting {kind!r}: expected 'elbo' or 'sigmoid'")
+  weighting = vdm.Weighting(config.loss.sigmoid_bias) if kind == "sigmoid" else None
+  patches = augment.parse_patch_schedule(config.data.get("patch_sizes", ""),
+                                         config.data.get("patch_probs", ""), config.seed)
+  if patches is not None:
+    if not config.model.get("coord_channels", False):
+      raise ValueError("patch training needs config.model.coord_channels = True")
+    if max(patches.sizes) > config.data.image_size:
+      raise ValueError(f"patch sizes {patches.sizes} exceed the image size "
+                       f"{config.data.image_size}")
+  return StepOptions(flip=bool(config.data.get("flip", False)), weighting=weighting), patches
+
+
 def train_step(state: TrainState, batch, *, model: model_lib.VDM, tx, lr_fn, num_steps: int,
-               ema_rate):
-  """One AdamW update on the mean bpd of the global batch {'image': [B, H, W, 1]}.
+               ema_rate, options: StepOptions = StepOptions()):
+  """One AdamW update on the mean loss of the global batch {'image': [B, H, W, 1]}: the bpd
+  bound, or `options.weighting`'s objective, on whole images or `options.patch` crops.
 
   `ema_rate`: a float, or fn(step, global batch) -> rate (`make_ema_rate`)."""
   key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
+  images, coords = batch["image"], None
+  if options.flip or options.patch:
+    key_flip, key_crop = jax.random.split(jax.random.fold_in(key, 0x5A17))
+    if options.flip:
+      images = augment.random_flip(key_flip, images)
+    if options.patch and options.patch < min(images.shape[1:3]):
+      images, coords = augment.random_crop(key_crop, images, options.patch)
 
   def loss_fn(params):
-    terms = model.loss_terms(params, key, batch["image"], num_steps=num_steps, train=True)
+    terms = model.loss_terms(params, key, images, num_steps=num_steps, train=True,
+                             coords=coords, weighting=options.weighting)
     return terms.bpd.mean(), terms
 
   (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -174,15 +215,16 @@ def make_mesh(devices) -> jax.sharding.Mesh:
 
 
 @functools.lru_cache(maxsize=8)
-def jit_train_step(mesh, model: model_lib.VDM, optimizer, num_steps: int):
+def jit_train_step(mesh, model: model_lib.VDM, optimizer, num_steps: int,
+                   options: StepOptions = StepOptions()):
   """`train_step` jitted on `mesh`: state replicated and donated, batch sharded on 'data'.
 
   `optimizer`: FrozenConfigDict(config.optimizer). Cached on its (hashable) arguments, so that
-  runs in one process (tests, benchmarks) trace and compile once.
+  runs in one process (tests, benchmarks) trace and compile once (once per patch size).
   """
   tx, lr_fn = make_optimizer(optimizer)
   step = functools.partial(train_step, model=model, tx=tx, lr_fn=lr_fn, num_steps=num_steps,
-                           ema_rate=make_ema_rate(optimizer))
+                           ema_rate=make_ema_rate(optimizer), options=options)
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                  donate_argnums=0)
@@ -249,7 +291,9 @@ def make_sr_validation(val_sets: dict, cfg, key) -> validation.SRValidation:
     subsets[name] = (batch["image"][idx, ..., 0], batch["subject"][idx])
   lowres = [tuple(int(v) for v in item.strip().split("x")) for item in cfg.lowres.split(",")]
   return validation.SRValidation(subsets, lowres=lowres, steps=cfg.steps,
-                                 num_samples=cfg.num_samples, batch_size=cfg.batch_size, key=key)
+                                 num_samples=cfg.num_samples, batch_size=cfg.batch_size, key=key,
+                                 sampler=cfg.get("sampler", "paper"), eta=cfg.get("eta", 0.85),
+                                 t_start=cfg.get("t_start", 1.0))
 
 
 class BestBySR:
@@ -440,22 +484,82 @@ def host_copy(params):
 def warm_start(state: TrainState, params_dir, model: model_lib.VDM, tx) -> TrainState:
   """`state` with parameters and EMA from a params dir (`vdm_mri.pretrained`, e.g. the shipped
   prior or a work dir's best/), its step count from the manifest, and a fresh optimiser state
-  (so the learning-rate warm-up runs again). Raises pretrained.PretrainedError."""
-  params = pretrained.load_params(params_dir, model)
+  (so the learning-rate warm-up runs again). A state dir also gives the raw parameters (else
+  they start as the EMA). A network with coordinate channels starts from one without them
+  (zero weights on the new inputs). Raises pretrained.PretrainedError."""
+  ema = jax.tree.map(jnp.asarray, pretrained.load_params(params_dir, model,
+                                                         add_input_channels=True))
+  params = ema
+  if pretrained.is_state_dir(params_dir):
+    params = jax.tree.map(jnp.asarray, pretrained.load_params(
+        params_dir, model, add_input_channels=True, raw=True))
   step = int(pretrained.read_manifest(params_dir).get("step", 0))
-  params = jax.tree.map(jnp.asarray, params)
-  return state.replace(step=jnp.asarray(step, jnp.int32), params=params, ema_params=params,
+  return state.replace(step=jnp.asarray(step, jnp.int32), params=params, ema_params=ema,
                        opt_state=tx.init(params))
 
 
+WARM_START_FILE = "warm_start.json"
+"""In a work dir started by --init_from: where it started and its data order (seed, position),
+so that a resume reads the same stream."""
+
+
+def _data_order(workdir: pathlib.Path, config, init_from, step: int) -> tuple[int, dict | None]:
+  """(data seed, iterator state to start from or None) of this run, recorded in the work dir
+  at its start: config.seed for a fresh run; config.seed + step for a warm start (a new order),
+  or a state dir's own seed and position (the same stream continues)."""
+  path = workdir / WARM_START_FILE
+  if path.is_file():
+    record = json.loads(path.read_text())
+    return int(record["data_seed"]), None
+  if not init_from:
+    return int(config.seed), None
+  manifest = pretrained.read_manifest(init_from)
+  if "data_seed" in manifest:
+    seed, position = int(manifest["data_seed"]), manifest.get("data_state")
+  else:
+    seed, position = int(config.seed) + step, None
+  if distributed.is_primary():
+    workdir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, json.dumps({"from": str(init_from), "step": step, "data_seed": seed,
+                                    "data_state": position}, indent=2) + "\n")
+  return seed, position
+
+
+def export_state(directory, state: TrainState, config, *, data_seed: int, data_state,
+                 **info) -> pathlib.Path:
+  """The run's resumable state as a state dir (pretrained module doc: EMA and raw parameters,
+  step, data seed and position; no optimiser moments), replacing `directory` as a whole: the
+  new dir is written beside it and renamed into place, so an interrupted export leaves the old
+  one intact."""
+  directory = pathlib.Path(directory)
+  tmp = directory.with_name(f".{directory.name}.new")
+  old = directory.with_name(f".{directory.name}.old")
+  for leftover in (tmp, old):
+    if leftover.exists():
+      shutil.rmtree(leftover)
+  step = int(state.step)
+  pretrained.export(tmp, host_copy(state.ema_params), config,
+                    raw_params=host_copy(state.params), step=step,
+                    images_seen=step * config.training.batch_size, data_seed=data_seed,
+                    data_state=data_state, **info)
+  if directory.exists():
+    os.replace(directory, old)
+  os.replace(tmp, directory)
+  if old.exists():
+    shutil.rmtree(old)
+  return directory
+
+
 def train_and_evaluate(config, workdir, init_from: str | None = None,
-                       validate_first: bool = False) -> TrainState:
+                       validate_first: bool = False, state_dir: str | None = None) -> TrainState:
   """Train `config` in `workdir` (resuming from its latest checkpoint); returns the final state.
 
   `init_from`: a params dir to start from when the work dir has no checkpoint yet (see
   `warm_start`); ignored once the run has checkpoints. `validate_first`: run the SR validation
   (and keep best/) on the starting state before any step, e.g. to score the checkpoint that a
   SIGTERM saved between validations (with num_steps = that step, nothing else runs).
+  `state_dir`: at every stop (done or interrupted) the resumable state is exported there
+  (`export_state`; one process only).
 
   Raises data.DataError (no/bad data), NonFiniteLoss, TrainingInterrupted (after saving).
   """
@@ -477,10 +581,14 @@ def train_and_evaluate(config, workdir, init_from: str | None = None,
     logging.info("warm start from %s at step %d (fresh optimiser state)", init_from,
                  int(state.step))
   state = jax.device_put(jax.device_get(state), NamedSharding(mesh, P()))
-  # A warm start continues the step count; its data order is a new one (seed + step).
+  # A warm start continues the step count; its data order is a new one (seed + step), or a
+  # state dir's own; either is recorded in the work dir, so a resume reads the same stream.
+  data_seed, position = _data_order(workdir, config, init_from if mngr.latest_step() is None
+                                    else None, int(state.step))
   iterator = data.train_iterator([s.train for s in sets], weights=weights,
-                                 global_batch=config.training.batch_size,
-                                 seed=config.seed + int(state.step))
+                                 global_batch=config.training.batch_size, seed=data_seed)
+  if position is not None and mngr.latest_step() is None:
+    iterator.set_state(position)
   logging.info("training data: %s", ", ".join(
       f"{s.name} ({len(s.train)} slices{'' if weights is None else f', weight {w:g}'})"
       for s, w in zip(sets, weights or [None] * len(sets))))
@@ -503,8 +611,13 @@ def train_and_evaluate(config, workdir, init_from: str | None = None,
     if sr_cfg is not None and sr_cfg.every > 0 and val_sets:
       sr_fn = BestBySR(make_sr_validation(val_sets, sr_cfg, jax.random.fold_in(key_eval, 2)),
                        workdir, writer, config)
-  step_fn = jit_train_step(mesh, model, ml_collections.FrozenConfigDict(config.optimizer),
-                           config.loss.num_steps)
+  options, patches = step_options(config)
+  optimizer = ml_collections.FrozenConfigDict(config.optimizer)
+
+  def step_fn(state, batch, step: int):
+    opts = options if patches is None else dataclasses.replace(
+        options, patch=patches.size_for_step(step))
+    return jit_train_step(mesh, model, optimizer, config.loss.num_steps, opts)(state, batch)
   sharded = NamedSharding(mesh, P("data"))
   eval_fn = None
   if val_sets:
@@ -514,16 +627,24 @@ def train_and_evaluate(config, workdir, init_from: str | None = None,
         key=key_eval, sharding=sharded)
   if validate_first and sr_fn is not None:
     sr_fn(int(state.step), model, host_copy(state.ema_params))
+  final = None
   try:
     with stop_on_signals() as signals:
-      state = _loop(state, config.training, step_fn, iterator, sharded, eval_fn, mngr, writer,
-                    signals, sample_fn, sr_fn, model=model,
-                    sr_every=config.sr_eval.every if sr_fn else 0)
+      state = final = _loop(state, config.training, step_fn, iterator, sharded, eval_fn, mngr,
+                            writer, signals, sample_fn, sr_fn, model=model,
+                            sr_every=config.sr_eval.every if sr_fn else 0)
   except NonFiniteLoss as e:
     mngr.wait_until_finished()
     raise NonFiniteLoss(f"{e}; last good checkpoint: step {mngr.latest_step()} in "
                         f"{mngr.directory}") from None
+  except TrainingInterrupted as e:
+    final = e.state
+    raise
   finally:
+    if state_dir and final is not None and jax.process_count() == 1:
+      export_state(state_dir, final, config, data_seed=data_seed,
+                   data_state=iterator.get_state())
+      logging.info("resumable state at step %d exported to %s", int(final.step), state_dir)
     mngr.wait_until_finished()
     mngr.close()
     writer.close()
@@ -540,7 +661,7 @@ def _loop(state, cfg, step_fn, iterator, sharding, eval_fn, mngr, writer, signal
                   disable=None if writer.enabled else True)  # None: off when not a terminal
   with bar:
     while step < cfg.num_steps:
-      state, metrics = step_fn(state, make_global_batch(next(iterator), sharding))
+      state, metrics = step_fn(state, make_global_batch(next(iterator), sharding), step)
       step += 1
       history.append(metrics)
       bar.update()
@@ -564,7 +685,7 @@ def _loop(state, cfg, step_fn, iterator, sharding, eval_fn, mngr, writer, signal
       if due_save:
         save_checkpoint(mngr, state, iterator)
       if stopping:
-        raise TrainingInterrupted(signals[0], step)
+        raise TrainingInterrupted(signals[0], step, state)
       if flush:  # the next interval times training only
         tick = (time.perf_counter(), step)
   return state
@@ -583,6 +704,9 @@ def define_flags():
   flags.DEFINE_string("init_from", None, "params dir (manifest.json: the shipped prior "
                       "vdm_mri/pretrained/…, or WORKDIR/best) to start a new work dir from; "
                       "ignored when the work dir has checkpoints")
+  flags.DEFINE_string("state_dir", None, "at every stop, export the resumable state (EMA and "
+                      "raw parameters, step, data position) to this dir, replacing it; "
+                      "--init_from=STATE_DIR continues the run on another machine")
   flags.DEFINE_bool("validate_first", False, "run the SR validation on the restored state "
                     "before training (keeps best/ if it is the best so far)")
   flags.mark_flags_as_required(["config", "workdir"])
@@ -611,7 +735,8 @@ def main(argv):
     config.data.path = flag_values.data_dir
   try:
     train_and_evaluate(config, flag_values.workdir, init_from=flag_values.init_from,
-                       validate_first=flag_values.validate_first)
+                       validate_first=flag_values.validate_first,
+                       state_dir=flag_values.state_dir)
   except (data.DataError, pretrained.PretrainedError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

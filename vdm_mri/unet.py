@@ -123,10 +123,30 @@ class ConditioningMLP(nn.Module):
     return nn.swish(nn.Dense(4 * self.n_embd, dtype=self.dtype)(cond))
 
 
-def _stem(z, with_fourier_features: bool, dtype: Dtype):
-  """Network input: z, plus its Fourier features (2^6, 2^7) as extra channels."""
-  h = jnp.concatenate([z, fourier_features(z)], axis=-1) if with_fourier_features else z
-  return h.astype(dtype)
+def full_coords(batch: int, height: int, width: int):
+  """Pixel-centre coordinates of a whole image in [-1, 1] (row, column): [B, H, W, 2]."""
+  rows = (2.0 * jnp.arange(height, dtype=jnp.float32) + 1.0) / height - 1.0
+  cols = (2.0 * jnp.arange(width, dtype=jnp.float32) + 1.0) / width - 1.0
+  grid = jnp.stack(jnp.meshgrid(rows, cols, indexing="ij"), axis=-1)  # [H, W, 2]
+  return jnp.broadcast_to(grid, (batch, height, width, 2))
+
+
+def _stem(z, with_fourier_features: bool, dtype: Dtype, coords=None):
+  """Network input: z, plus its Fourier features (2^6, 2^7) and, for a network with coordinate
+  channels, the pixels' coordinates in the whole image (`coords` [B, H, W, 2]; Patch Diffusion)."""
+  parts = [z] + ([fourier_features(z)] if with_fourier_features else [])
+  if coords is not None:
+    parts.append(coords.astype(z.dtype))
+  return jnp.concatenate(parts, axis=-1).astype(dtype)
+
+
+def _coords_input(z, coord_channels: bool, coords):
+  """The coordinate channels to feed: `coords` of a patch, or the whole-image grid by default."""
+  if not coord_channels:
+    if coords is not None:
+      raise ValueError("coords given to a network without coordinate channels")
+    return None
+  return full_coords(*z.shape[:3]) if coords is None else coords
 
 
 def _head(h, z, dtype: Dtype):
@@ -144,17 +164,19 @@ class ScoreUNet(nn.Module):
   dropout: float = 0.1
   with_fourier_features: bool = True
   with_attention: bool = False  # attention after every block (the middle always has one)
+  coord_channels: bool = False  # two coordinate channels as extra inputs (patch training)
   remat: bool = False  # rematerialise each ResNet block in the backward pass
   dtype: Dtype = jnp.float32  # compute dtype; parameters stay float32
 
   @nn.compact
-  def __call__(self, z, g, deterministic: bool = True):
+  def __call__(self, z, g, deterministic: bool = True, coords=None):
     cond = ConditioningMLP(self.n_embd, self.dtype)(g, z.shape[0])
     Block = _block(self.remat)
     kw = dict(out_ch=self.n_embd, dropout=self.dropout, dtype=self.dtype)
 
-    h = nn.Conv(self.n_embd, (3, 3), dtype=self.dtype)(_stem(z, self.with_fourier_features,
-                                                             self.dtype))
+    stem = _stem(z, self.with_fourier_features, self.dtype,
+                 _coords_input(z, self.coord_channels, coords))
+    h = nn.Conv(self.n_embd, (3, 3), dtype=self.dtype)(stem)
     hs = [h]
     for i in range(self.n_layer):
       h = Block(**kw, name=f"down_{i}")(h, cond, deterministic)
@@ -184,27 +206,33 @@ class UNet(nn.Module):
   num_heads: int = 1
   dropout: float = 0.1
   with_fourier_features: bool = True
+  coord_channels: bool = False  # two coordinate channels as extra inputs (patch training)
+  # > 0: a level's resolution for `attn_resolutions` is base_resolution / 2^level whatever the
+  # input size, so that patches of a whole image run the same blocks (patch training)
+  base_resolution: int = 0
   remat: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, z, g, deterministic: bool = True):
+  def __call__(self, z, g, deterministic: bool = True, coords=None):
     cond = ConditioningMLP(self.ch, self.dtype)(g, z.shape[0])
     Block = _block(self.remat)
 
-    def block(h, out_ch, name):
+    def block(h, out_ch, name, lvl):
       h = Block(out_ch=out_ch, dropout=self.dropout, dtype=self.dtype, name=name)(
           h, cond, deterministic)
-      if min(h.shape[1:3]) in self.attn_resolutions:
+      res = self.base_resolution // 2**lvl if self.base_resolution else min(h.shape[1:3])
+      if res in self.attn_resolutions:
         h = AttnBlock(self.num_heads, self.dtype, name=f"{name}_attn")(h)
       return h
 
-    h = nn.Conv(self.ch, (3, 3), dtype=self.dtype)(_stem(z, self.with_fourier_features,
-                                                         self.dtype))
+    stem = _stem(z, self.with_fourier_features, self.dtype,
+                 _coords_input(z, self.coord_channels, coords))
+    h = nn.Conv(self.ch, (3, 3), dtype=self.dtype)(stem)
     hs = [h]
     for lvl, mult in enumerate(self.ch_mult):
       for i in range(self.num_res_blocks):
-        h = block(h, self.ch * mult, f"down_{lvl}_{i}")
+        h = block(h, self.ch * mult, f"down_{lvl}_{i}", lvl)
         hs.append(h)
       if lvl != len(self.ch_mult) - 1:
         h = nn.Conv(h.shape[-1], (3, 3), strides=(2, 2), dtype=self.dtype,
@@ -219,7 +247,8 @@ class UNet(nn.Module):
 
     for lvl, mult in reversed(list(enumerate(self.ch_mult))):
       for i in range(self.num_res_blocks + 1):
-        h = block(jnp.concatenate([h, hs.pop()], axis=-1), self.ch * mult, f"up_{lvl}_{i}")
+        h = block(jnp.concatenate([h, hs.pop()], axis=-1), self.ch * mult, f"up_{lvl}_{i}",
+                  lvl)
       if lvl != 0:
         target = hs[-1].shape[1:3]  # nearest 2x up, cropped for odd sizes
         h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)[:, :target[0], :target[1]]

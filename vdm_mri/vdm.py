@@ -17,10 +17,15 @@ Loss, in bits per dimension (D = H·W·C), with γ_0 = γ(0), γ_1 = γ(1):
   3. diffusion  discrete T:   L_T = (T/2)·E_t[expm1(γ_t - γ_s)·‖ε - ε̂‖²],  s = t - 1/T
                 continuous:   L_∞ = ½·E_t[γ'(t)·‖ε - ε̂‖²],  γ' by `jax.jvp`
 with t drawn by antithetic (low-discrepancy) sampling over the batch.
+
+Training may replace the bound's diffusion term by a weighted one (`Weighting`, Kingma & Gao
+2023): ½·∫ w(γ)·E‖ε - ε̂‖² dγ over [γ_0, γ_1], which the bound is for w = 1. Evaluation keeps the
+bound.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Callable
 
@@ -144,6 +149,30 @@ def sample_times(key, batch: int, num_steps: int = 0, antithetic: bool = True):
   return t
 
 
+@dataclasses.dataclass(frozen=True)
+class Weighting:
+  """The monotone sigmoid weighting w(γ) = sigmoid(γ + bias) of the diffusion term (Kingma & Gao,
+  NeurIPS 2023; γ = -log SNR, so w → 1 at high noise and w → 0 at high SNR; w = ½ at γ = -bias).
+
+  Estimated with importance sampling: γ is drawn from the density w/Z over [γ_0, γ_1]
+  (`sample_gammas`, inverse CDF: ∫ w dγ = softplus(γ + bias)), each draw weighted ½·Z, so the
+  objective ½·Z·E_{γ∼w/Z}‖ε - ε̂‖² has the variance of an unweighted loss. The draw depends on
+  the endpoints only, not on the schedule's shape.
+  """
+
+  bias: float
+
+  def normaliser(self, gamma_0, gamma_1):
+    """Z = ∫ w dγ over [γ_0, γ_1]."""
+    return jax.nn.softplus(gamma_1 + self.bias) - jax.nn.softplus(gamma_0 + self.bias)
+
+  def sample_gammas(self, u, gamma_0, gamma_1):
+    """γ with density w/Z on [γ_0, γ_1] from u ∈ [0, 1] (inverse CDF)."""
+    lo = jax.nn.softplus(gamma_0 + self.bias)
+    y = lo + u * self.normaliser(gamma_0, gamma_1)  # softplus(γ + bias), > 0
+    return y + jnp.log(-jnp.expm1(-y)) - self.bias  # softplus⁻¹(y) - bias
+
+
 @flax.struct.dataclass
 class LossTerms:
   """VDM loss terms, bits per dimension, each [B]; `bpd` is their sum."""
@@ -155,11 +184,13 @@ class LossTerms:
 
 
 def loss_terms(key, x, *, gamma_fn: GammaFn, eps_fn: EpsFn, bits: int, num_steps: int,
-               gamma_min: float, gamma_max: float, antithetic: bool = True) -> LossTerms:
+               gamma_min: float, gamma_max: float, antithetic: bool = True,
+               weighting: Weighting | None = None) -> LossTerms:
   """The VDM variational bound for a batch x: [B, H, W, C] in [0, 1] (on the 2^bits grid).
 
   num_steps = T > 0 gives the discrete-time L_T (the paper's T = 1000), 0 the continuous L_∞.
   gamma_min/gamma_max only rescale γ for the network's conditioning (`gamma_to_cond`).
+  `weighting`: the diffusion term becomes that weighted objective (then `bpd` is not the bound).
   """
   batch = x.shape[0]
   key_t, key_eps, key_0 = jax.random.split(key, 3)
@@ -177,8 +208,11 @@ def loss_terms(key, x, *, gamma_fn: GammaFn, eps_fn: EpsFn, bits: int, num_steps
   loss_recon = reconstruction_nll(f, z_0, jnp.full((batch,), gamma_0), bits)
 
   # 3. Diffusion loss at t ~ antithetic uniform.
-  t = sample_times(key_t, batch, num_steps, antithetic)  # [B]
-  if num_steps > 0:
+  t = sample_times(key_t, batch, 0 if weighting else num_steps, antithetic)  # [B]
+  if weighting is not None:  # γ from w/Z instead (t is then only the uniform variate)
+    g0, g1 = jax.lax.stop_gradient(gamma_0), jax.lax.stop_gradient(gamma_1)
+    gamma_t = weighting.sample_gammas(t, g0, g1)
+  elif num_steps > 0:
     gamma_t = gamma_fn(t)
     gamma_s = gamma_fn(t - 1.0 / num_steps)
   else:
@@ -187,7 +221,10 @@ def loss_terms(key, x, *, gamma_fn: GammaFn, eps_fn: EpsFn, bits: int, num_steps
   g = _per_image(gamma_t, x.ndim)
   z_t = schedule.alpha(g) * f + schedule.sigma(g) * eps
   eps_hat = eps_fn(z_t, gamma_to_cond(gamma_t, gamma_min, gamma_max))
-  if num_steps > 0:
+  if weighting is not None:
+    sq = ((eps - eps_hat) ** 2).reshape(batch, -1).sum(-1)
+    loss_diff = 0.5 * jax.lax.stop_gradient(weighting.normaliser(g0, g1)) * sq
+  elif num_steps > 0:
     loss_diff = diffusion_loss_discrete(eps, eps_hat, gamma_t, gamma_s, num_steps)
   else:
     loss_diff = diffusion_loss_continuous(eps, eps_hat, dgamma_dt)

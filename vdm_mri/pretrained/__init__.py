@@ -6,6 +6,10 @@ A *params dir* holds three files:
   config.json         the training config (what `model.from_config` rebuilds the model from)
   manifest.json       {"format": FORMAT, "files": {name: {"sha256", "bytes"}}, "step", …}
 
+A *state dir* (a resumable training state without the optimiser moments) is a params dir with
+one more file, params.msgpack (the raw parameters), and the data position in its manifest
+("data_seed", "data_state"): `python -m vdm_mri.train --init_from=STATE_DIR` continues that run.
+
 `export` writes one (training keeps its best parameters by SR validation in workdir/best/, and
 the shipped prior, `DEFAULT`, is such a dir copied into the package); `load` verifies every
 listed file's size and SHA-256 before it reads anything, and checks the parameter shapes
@@ -27,6 +31,7 @@ import numpy as np
 
 FORMAT = "vdm_mri.params/1"
 PARAMS_FILE, CONFIG_FILE, MANIFEST_FILE = "ema_params.msgpack", "config.json", "manifest.json"
+RAW_PARAMS_FILE = "params.msgpack"  # state dirs only
 
 DEFAULT = pathlib.Path(__file__).parent / "brain128_cpu"
 """The shipped prior (configs/brain128_cpu.py trained on the CPU; model card in the README)."""
@@ -54,17 +59,23 @@ def _write_atomic(path: pathlib.Path, payload: bytes):
   os.replace(tmp, path)
 
 
-def export(directory, params, config, **info) -> pathlib.Path:
+def _msgpack(params) -> bytes:
+  host = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
+  return flax.serialization.msgpack_serialize(host)
+
+
+def export(directory, params, config, *, raw_params=None, **info) -> pathlib.Path:
   """Write `params` (host or device arrays) and `config` as a params dir; `info` (step,
-  images seen, metrics …) goes into the manifest. Files are renamed into place one by one and
-  the manifest last, so a reader never sees new files under an old manifest's checksums."""
+  images seen, metrics …) goes into the manifest; `raw_params` makes it a state dir (module
+  doc). Files are renamed into place one by one and the manifest last, so a reader never sees
+  new files under an old manifest's checksums."""
   directory = pathlib.Path(directory)
   directory.mkdir(parents=True, exist_ok=True)
-  host = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
   config_json = (config.to_json_best_effort(indent=2) if hasattr(config, "to_json_best_effort")
                  else json.dumps(config, indent=2))
-  payloads = {PARAMS_FILE: flax.serialization.msgpack_serialize(host),
-              CONFIG_FILE: (config_json + "\n").encode()}
+  payloads = {PARAMS_FILE: _msgpack(params), CONFIG_FILE: (config_json + "\n").encode()}
+  if raw_params is not None:
+    payloads[RAW_PARAMS_FILE] = _msgpack(raw_params)
   files = {}
   for name, payload in payloads.items():
     _write_atomic(directory / name, payload)
@@ -90,7 +101,7 @@ def verify(directory) -> dict:
   """Check every file listed in the manifest (size, then SHA-256); returns the manifest."""
   directory = pathlib.Path(directory)
   manifest = read_manifest(directory)
-  for name in (PARAMS_FILE, CONFIG_FILE):
+  for name in dict.fromkeys((PARAMS_FILE, CONFIG_FILE, *manifest.get("files", {}))):
     entry = manifest["files"].get(name)
     path = directory / name
     if entry is None:
@@ -120,17 +131,52 @@ def load_config(directory) -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(tuples_from_json(json.loads(text)))
 
 
-def load_params(directory, model=None):
-  """The verified EMA parameters of a params dir, as numpy arrays; with a `model.VDM`, checked
-  to have exactly its parameter tree and shapes."""
+STEM_KERNEL = "['score']['Conv_0']['kernel']"
+"""Key path of the score network's first convolution, whose input channels end with the
+coordinate channels of a network that has them (unet._stem)."""
+
+
+def _add_input_channels(params, expected: dict):
+  """A stem kernel [3, 3, C, ch] widened with zero weights to the model's C' > C inputs: the
+  network then computes exactly what it did, and learns to use the new (coordinate) inputs."""
+  score = params.get("score", {})
+  conv = score.get("Conv_0", {}) if isinstance(score, dict) else {}
+  kernel = conv.get("kernel") if isinstance(conv, dict) else None
+  want = expected.get(STEM_KERNEL)
+  if kernel is None or want is None or kernel.ndim != 4 or len(want) != 4:
+    return params
+  if kernel.shape[:2] + kernel.shape[3:] != want[:2] + want[3:] or kernel.shape[2] >= want[2]:
+    return params
+  pad = np.zeros((*kernel.shape[:2], want[2] - kernel.shape[2], kernel.shape[3]), kernel.dtype)
+  conv = {**conv, "kernel": np.concatenate([kernel, pad], axis=2)}
+  return {**params, "score": {**score, "Conv_0": conv}}
+
+
+def is_state_dir(path) -> bool:
+  """A params dir that also holds raw parameters (module doc)."""
+  return is_params_dir(path) and RAW_PARAMS_FILE in read_manifest(path).get("files", {})
+
+
+def load_params(directory, model=None, *, add_input_channels: bool = False,
+                raw: bool = False):
+  """The verified EMA parameters of a params dir (`raw`: the raw parameters of a state dir),
+  as numpy arrays; with a `model.VDM`, checked to have exactly its parameter tree and shapes.
+  `add_input_channels`: a model whose network has more input channels (coordinate channels
+  for patch training) takes the file's weights with zero weights for the new inputs (a warm
+  start)."""
   directory = pathlib.Path(directory)
   verify(directory)
+  name = RAW_PARAMS_FILE if raw else PARAMS_FILE
+  if raw and not is_state_dir(directory):
+    raise PretrainedError(f"{directory}: not a state dir (no {RAW_PARAMS_FILE})")
   try:
-    params = flax.serialization.msgpack_restore((directory / PARAMS_FILE).read_bytes())
+    params = flax.serialization.msgpack_restore((directory / name).read_bytes())
   except Exception as e:  # msgpack raises several types for malformed payloads
-    raise PretrainedError(f"{directory / PARAMS_FILE}: not readable ({type(e).__name__})") from e
+    raise PretrainedError(f"{directory / name}: not readable ({type(e).__name__})") from e
   if model is not None:
     expected = param_shapes(model.abstract_params())
+    if add_input_channels:
+      params = _add_input_channels(params, expected)
     found = param_shapes(params)
     for path in sorted(set(expected) | set(found)):
       if expected.get(path) != found.get(path):

@@ -1,0 +1,217 @@
+"""Training-recipe options: patches with coordinates, flips, the sigmoid weighting, the warm
+start into a network with coordinate channels, and the per-band denoising evaluator."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from conftest import load_config
+from vdm_mri import model as model_lib
+from vdm_mri import pretrained, train, unet, validation, vdm
+from vdm_mri.data import augment
+
+
+# --------------------------------------------------------------------------------------------
+# Patches and flips.
+# --------------------------------------------------------------------------------------------
+def test_random_crop_returns_the_pixels_its_coordinates_name():
+  x = jnp.asarray(np.random.default_rng(0).random((6, 20, 24, 1)), jnp.float32)
+  patches, coords = augment.random_crop(jax.random.key(3), x, 8)
+  assert patches.shape == (6, 8, 8, 1) and coords.shape == (6, 8, 8, 2)
+  full = np.asarray(unet.full_coords(6, 20, 24))
+  for b in range(6):
+    # The coordinates of the patch's top-left pixel locate it in the whole-image grid.
+    r = int(np.argmin(np.abs(full[b, :, 0, 0] - coords[b, 0, 0, 0])))
+    c = int(np.argmin(np.abs(full[b, 0, :, 1] - coords[b, 0, 0, 1])))
+    np.testing.assert_array_equal(patches[b], x[b, r:r + 8, c:c + 8])
+    np.testing.assert_allclose(coords[b], full[b, r:r + 8, c:c + 8], atol=1e-6)
+  # A crop of the whole image is the image with the whole-image grid.
+  same, grid = augment.random_crop(jax.random.key(0), x[:, :20, :20], 20)
+  np.testing.assert_array_equal(same, x[:, :20, :20])
+  np.testing.assert_allclose(grid, unet.full_coords(6, 20, 20), atol=1e-6)
+
+
+def test_random_flip_mirrors_some_images_and_keeps_the_rest():
+  x = jnp.asarray(np.random.default_rng(1).random((32, 5, 7, 1)), jnp.float32)
+  y = np.asarray(augment.random_flip(jax.random.key(0), x))
+  flipped = [bool(np.array_equal(y[i], x[i, :, ::-1])) for i in range(32)]
+  kept = [bool(np.array_equal(y[i], x[i])) for i in range(32)]
+  assert all(f or k for f, k in zip(flipped, kept))
+  assert 4 < sum(flipped) < 28
+
+
+def test_patch_schedule_is_a_deterministic_draw_with_the_given_probabilities():
+  sched = augment.parse_patch_schedule("64,32,128", "0.3,0.2,0.5", seed=7)
+  assert sched.sizes == (32, 64, 128) and sched.probs == (0.2, 0.3, 0.5)
+  draws = [sched.size_for_step(i) for i in range(4000)]
+  assert draws == [sched.size_for_step(i) for i in range(4000)]  # a resume draws the same
+  for size, prob in zip(sched.sizes, sched.probs):
+    assert abs(draws.count(size) / 4000 - prob) < 0.03
+  assert augment.parse_patch_schedule("", "") is None
+  with pytest.raises(ValueError, match="sum to 1"):
+    augment.parse_patch_schedule("32,64", "0.5,0.6")
+  with pytest.raises(ValueError, match="comma-separated"):
+    augment.parse_patch_schedule("32,x", "")
+
+
+def test_step_options_reject_patches_without_coordinate_channels():
+  config = load_config("tiny")
+  config.data.patch_sizes = "32,64"
+  with pytest.raises(ValueError, match="coord_channels"):
+    train.step_options(config)
+  config.model.coord_channels = True
+  config.data.patch_sizes = "32,256"
+  with pytest.raises(ValueError, match="exceed the image size"):
+    train.step_options(config)
+  config.data.patch_sizes = ""
+  config.loss.weighting = "edm"
+  with pytest.raises(ValueError, match="weighting"):
+    train.step_options(config)
+
+
+# --------------------------------------------------------------------------------------------
+# A network with coordinate channels.
+# --------------------------------------------------------------------------------------------
+def _small_config(coords: bool):
+  config = load_config("tiny")
+  config.data.image_size = 32
+  config.model.update(ch=8, ch_mult=(1, 2, 2), attn_resolutions=(16,), coord_channels=coords)
+  return config
+
+
+def test_patches_run_the_whole_image_blocks_and_default_to_whole_image_coordinates():
+  model = model_lib.from_config(_small_config(coords=True))
+  params = model.init(jax.random.key(0))
+  assert "down_1_0_attn" in params["score"]  # attention at the 16 px level of a 32 px image
+  z = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))
+  g = jnp.full((2,), 0.5)
+  whole = model.eps_fn(params)(z, g)
+  np.testing.assert_allclose(model.eps_fn(params, coords=unet.full_coords(2, 32, 32))(z, g),
+                             whole, atol=1e-6)
+  # A 16 px patch takes the same parameters (attention by level, not by patch resolution).
+  patch, coords = augment.random_crop(jax.random.key(2), z, 16)
+  assert model.eps_fn(params, coords=coords)(patch, g).shape == (2, 16, 16, 1)
+
+
+def test_warm_start_into_coordinate_channels_computes_the_same_function(tmp_path):
+  plain_cfg, coord_cfg = _small_config(coords=False), _small_config(coords=True)
+  plain, coord = model_lib.from_config(plain_cfg), model_lib.from_config(coord_cfg)
+  params = jax.device_get(plain.init(jax.random.key(0)))
+  # A non-zero head so that the outputs depend on the stem (it is zero-initialised).
+  params = jax.tree.map(lambda a: a + 0.01, params)
+  pretrained.export(tmp_path / "p", params, plain_cfg, step=5)
+  with pytest.raises(pretrained.PretrainedError, match="do not match"):
+    pretrained.load_params(tmp_path / "p", coord)
+  loaded = pretrained.load_params(tmp_path / "p", coord, add_input_channels=True)
+  kernel = loaded["score"]["Conv_0"]["kernel"]
+  assert kernel.shape[2] == params["score"]["Conv_0"]["kernel"].shape[2] + 2
+  np.testing.assert_array_equal(kernel[:, :, -2:], 0.0)
+  z = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))
+  g = jnp.full((2,), 0.3)
+  np.testing.assert_allclose(coord.eps_fn(loaded)(z, g), plain.eps_fn(params)(z, g),
+                             rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# The sigmoid weighting.
+# --------------------------------------------------------------------------------------------
+def test_sigmoid_weighting_draws_noise_levels_by_inverse_cdf():
+  w = vdm.Weighting(bias=4.0)
+  g0, g1 = -13.3, 5.0
+  u = jnp.linspace(0.0, 1.0, 101)
+  gam = w.sample_gammas(u, g0, g1)
+  np.testing.assert_allclose(np.asarray(gam)[[0, -1]], [g0, g1], atol=1e-3)
+  assert np.all(np.diff(np.asarray(gam)) > 0)
+  # CDF(γ) = (softplus(γ + b) - softplus(γ0 + b)) / Z is u again.
+  cdf = (jax.nn.softplus(gam + 4.0) - jax.nn.softplus(g0 + 4.0)) / w.normaliser(g0, g1)
+  np.testing.assert_allclose(cdf, u, atol=1e-5)
+  # Half of the draws lie above the weight's midpoint γ = -b (most of the weight is there).
+  assert float(w.sample_gammas(0.5, g0, g1)) > -4.0
+
+
+def test_weighted_objective_is_half_z_times_the_squared_error():
+  """With ε̂ = 0 the objective is ½·Z·‖ε‖², ½·Z/ln 2 bits per dimension on average, whatever
+  levels were drawn; the levels spread over [γ_min, γ_max], not over the grid of t."""
+  w = vdm.Weighting(bias=2.0)
+  x = jnp.full((4, 32, 32, 1), 0.5)
+  seen = {}
+
+  def eps_fn(z, g):
+    seen["g"] = g
+    return jnp.zeros_like(z)
+
+  terms = vdm.loss_terms(jax.random.key(0), x, gamma_fn=lambda t: -13.3 + 18.3 * t,
+                         eps_fn=eps_fn, bits=12, num_steps=1000, gamma_min=-13.3,
+                         gamma_max=5.0, weighting=w)
+  expected = 0.5 * float(w.normaliser(-13.3, 5.0)) / np.log(2.0)
+  np.testing.assert_allclose(np.asarray(terms.diffusion), expected, rtol=0.15)
+  gam = -13.3 + np.asarray(seen["g"]) * 18.3
+  assert gam.min() >= -13.3 - 1e-4 and gam.max() <= 5.0 + 1e-4 and len(set(gam.round(4))) == 4
+
+
+# --------------------------------------------------------------------------------------------
+# Denoising error per band.
+# --------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _ConstantImageModel:
+  """A stand-in for model.VDM whose ε̂ is exact for images equal to `value` (oracle) or 0."""
+
+  oracle: bool
+  value: float = 0.25
+  gamma_min: float = -13.3
+  gamma_max: float = 5.0
+
+  def eps_fn(self, params):
+    def fn(z, cond):
+      gamma = self.gamma_min + cond * (self.gamma_max - self.gamma_min)
+      gamma = gamma[:, None, None, None]
+      f = vdm.encode(self.value, 12)
+      eps = (z - jnp.sqrt(jax.nn.sigmoid(-gamma)) * f) / jnp.sqrt(jax.nn.sigmoid(gamma))
+      return eps if self.oracle else jnp.zeros_like(z)
+    return fn
+
+
+def test_denoising_bands_score_an_oracle_perfect_and_a_zero_predictor_at_unit_error():
+  images = np.full((5, 32, 32), 0.25, np.float32)
+  bands = validation.DenoisingBands({"s": images}, gamma_min=-13.3, gamma_max=5.0, bits=12,
+                                    num_bands=4, batch_size=2)
+  np.testing.assert_allclose(list(bands.band_gammas().values()),
+                             -13.3 + 18.3 / 4 * (np.arange(4) + 0.5))
+  exact = bands(_ConstantImageModel(oracle=True), None)
+  zero = bands(_ConstantImageModel(oracle=False), None)
+  for k in range(4):
+    assert exact[f"den/s/band{k}/eps_mse"] < 1e-6
+    assert exact[f"den/s/band{k}/psnr"] > zero[f"den/s/band{k}/psnr"]
+    np.testing.assert_allclose(zero[f"den/s/band{k}/eps_mse"], 1.0, rtol=0.1)  # 5120 px: sd 2 %
+  # The midpoint-rule bound: ½·Σ Δγ·mse / ln 2 = ½·18.3/ln 2 for unit errors.
+  np.testing.assert_allclose(zero["den/s/diffusion_bpd"], 0.5 * 18.3 / np.log(2.0), rtol=0.1)
+  # Fixed noise: the same numbers on a second call.
+  assert bands(_ConstantImageModel(oracle=False), None) == zero
+
+
+def test_train_step_with_patches_flips_and_weighting_updates_every_size():
+  config = _small_config(coords=True)
+  config.data.update(patch_sizes="16,32", patch_probs="0.5,0.5", flip=True)
+  config.loss.weighting = "sigmoid"
+  config.optimizer.warmup_steps = 0  # the first update moves the parameters
+  options, patches = train.step_options(config)
+  assert options.flip and options.weighting == vdm.Weighting(config.loss.sigmoid_bias)
+  model = model_lib.from_config(config)
+  tx, _ = train.make_optimizer(config.optimizer)
+  state = jax.device_get(train.create_train_state(model, tx, jax.random.key(0)))
+  mesh = train.make_mesh(jax.devices()[:1])
+  optimizer = ml_collections.FrozenConfigDict(config.optimizer)
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 4096, (8, 32, 32, 1)) / 4095.0,
+                  jnp.float32)
+  for size in patches.sizes:
+    step = train.jit_train_step(mesh, model, optimizer, config.loss.num_steps,
+                                dataclasses.replace(options, patch=size))
+    new, metrics = step(jax.device_put(state), {"image": x})
+    assert np.isfinite(float(metrics["bpd"]))
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new.params, state.params)
+    assert max(jax.tree.leaves(moved)) > 0
+    state = jax.device_get(new)
