@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import vdm_mri
-from vdm_mri import baselines, data, kspace, metrics, sample, sr_io, validation
+from vdm_mri import baselines, data, kspace, metrics, sample, sampling, sr_io, validation
 from vdm_mri import model as model_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -31,7 +31,10 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 SHARED_VALS = (SHARED_DATA / "brain_t1w_val.npz", SHARED_DATA / "brain_t1w_skull_val.npz")
 
 
-def parser(description: str, *, steps: int = 1000, quick_steps: int = 20) -> argparse.ArgumentParser:
+def parser(description: str, *, steps: int | None = None,
+           quick_steps: int = 20) -> argparse.ArgumentParser:
+  """The flags every script shares. `steps`: the default --steps (None: the checkpoint's
+  config.sampling.steps, resolved by `load_model`)."""
   p = argparse.ArgumentParser(description=description)
   p.add_argument("--checkpoint", default=None, help="training work dir (orbax checkpoints)")
   p.add_argument("--config", default=None, help="config file; default: WORKDIR/config.json")
@@ -40,17 +43,44 @@ def parser(description: str, *, steps: int = 1000, quick_steps: int = 20) -> arg
   p.add_argument("--outdir", required=True, help="folder for the PNG and CSV/JSON outputs")
   p.add_argument("--quick", action="store_true", help="few slices and steps (CPU smoke run)")
   p.add_argument("--steps", type=int, default=None,
-                 help=f"reverse steps (default {steps}, --quick {quick_steps})")
+                 help=f"reverse steps (default {steps or 'the checkpoint config.sampling.steps'}, "
+                 f"--quick {quick_steps}; the paper: 1000)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--batch_size", type=int, default=8, help="images per compiled sampler call")
   p.set_defaults(default_steps=steps, quick_steps=quick_steps)
   return p
 
 
+def add_sampling_flags(p: argparse.ArgumentParser):
+  """--num_samples, --lam, --sampler, --eta, --t_start; each defaults to the checkpoint's
+  config.sampling (as `python -m vdm_mri.sample` does)."""
+  p.add_argument("--num_samples", type=int, default=None,
+                 help="posterior samples K (default: config.sampling.num_samples)")
+  p.add_argument("--lam", type=float, default=None, help="guidance weight λ (paper sampler)")
+  p.add_argument("--sampler", default=None, choices=sampling.SAMPLERS, help="sampler")
+  p.add_argument("--eta", type=float, default=None, help="η of the projection sampler")
+  p.add_argument("--t_start", type=float, default=None, help="warm start t (1: from noise)")
+
+
 def num_steps(args) -> int:
+  """--steps, else the --quick steps, else the script's default, else the checkpoint's."""
   if args.steps is not None:
     return args.steps
-  return args.quick_steps if args.quick else args.default_steps
+  if args.quick:
+    return args.quick_steps
+  if args.default_steps is not None:
+    return args.default_steps
+  return int(args.checkpoint_sampling["steps"])
+
+
+def sampling_kwargs(args) -> dict:
+  """Keyword arguments of sampling.posterior_samples from the flags over config.sampling."""
+  cfg = args.checkpoint_sampling
+  pick = lambda name: getattr(args, name, None) if getattr(args, name, None) is not None else (
+      cfg[name])
+  return {"num_steps": num_steps(args), "num_samples": int(pick("num_samples")),
+          "lam": float(pick("lam")), "sampler": str(pick("sampler")), "eta": float(pick("eta")),
+          "t_start": float(pick("t_start"))}
 
 
 @contextlib.contextmanager
@@ -69,6 +99,7 @@ def load_model(args):
   config = model_lib.load_config_file(args.config) if args.config else None
   config = sr_io.load_config(workdir, config)
   vdm_model = model_lib.from_config(config)
+  args.checkpoint_sampling = {**sample.SAMPLING_DEFAULTS, **dict(config.sampling)}
   return vdm_model, sr_io.load_params(workdir, vdm_model)
 
 

@@ -19,29 +19,28 @@ def main(lowres_text: str, description: str, argv=None):
   p = _common.parser(description)
   p.add_argument("--lowres", default=lowres_text, help="low-resolution matrix, e.g. 32x32")
   p.add_argument("--per_subject", type=int, default=1, help="slices per validation subject")
-  p.add_argument("--num_samples", type=int, default=4, help="posterior samples averaged")
-  p.add_argument("--lam", type=float, default=1.0, help="guidance weight λ")
+  _common.add_sampling_flags(p)
   args = p.parse_args(argv)
   with _common.exit_on_bad_input():
     vdm_model, params = _common.load_model(args)
     sets = _common.load_sets(args)
   lowres = _common.parse_size(args.lowres)
-  steps = _common.num_steps(args)
+  opts = _common.sampling_kwargs(args)
+  k = opts["num_samples"]
   outdir = pathlib.Path(args.outdir)
   name = f"superres_{lowres[0]}x{lowres[1]}"
-  report = {"lowres": args.lowres, "steps": steps, "lam": args.lam,
-            "num_samples": args.num_samples, "sets": {}}
+  report = {"lowres": args.lowres, "steps": opts["num_steps"], **opts, "sets": {}}
   for set_name, (path, images, subjects) in sets.items():
     idx = _common.pick_slices(subjects, args.per_subject, max_subjects=2 if args.quick else None)
     x, subj = images[idx], subjects[idx]
     full = x.shape[1:]
     y0 = _common.measure(x, lowres, 0.0, jax.random.key(args.seed))
     post = sampling.posterior_samples(
-        vdm_model, params, y0, key=jax.random.key(args.seed + 1), num_samples=args.num_samples,
-        lam=args.lam, num_steps=steps, final_projection=True, batch_size=args.batch_size)
+        vdm_model, params, y0, key=jax.random.key(args.seed + 1), final_projection=True,
+        batch_size=args.batch_size, **opts)
     base = _common.baseline_images(y0, full)
     rows = {f"LR {args.lowres}": _common.lowres_display(y0, full), "zero-fill": base["zero-fill"],
-            "bilinear": base["bilinear"], f"VDM (K={args.num_samples})": post.mean, "truth": x}
+            "bilinear": base["bilinear"], f"VDM (K={k})": post.mean, "truth": x}
     png = figures.save_png(figures.grid(rows), outdir / f"{name}_{set_name}.png")
     print(f"wrote {png}")
     report["sets"][set_name] = {

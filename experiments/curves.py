@@ -75,7 +75,8 @@ def one_case(vdm_model, params, x, subj, lowres, s: dict, key) -> dict:
   def posterior(num_samples, steps):
     return sampling.posterior_samples(
         vdm_model, params, y0, key=key, num_samples=num_samples, lam=s["lam"], num_steps=steps,
-        final_projection=True, batch_size=s["batch_size"])
+        final_projection=True, batch_size=s["batch_size"], sampler=s["sampler"], eta=s["eta"],
+        t_start=s["t_start"])
 
   k_max = max(s["k_list"])
   post = posterior(k_max, s["steps"])
@@ -140,31 +141,32 @@ def _int_list(p, flag: str, text: str) -> list[int]:
 def settings(p, args) -> dict:
   """The resolved settings: explicit flags win, else the --quick or the full defaults."""
   quick = args.quick
+  opts = _common.sampling_kwargs(args)
   return {
       "steps_list": _int_list(p, "steps_list", args.steps_list or
                               ("2,4" if quick else "25,50,100,250,1000")),
       "k_list": sorted(set(_int_list(p, "k_list", args.k_list or ("1,2" if quick else "1,2,4,8")))),
-      "steps": _common.num_steps(args), "num_samples": args.num_samples, "lam": args.lam,
+      "steps": opts["num_steps"], "num_samples": opts["num_samples"], "lam": opts["lam"],
+      "sampler": opts["sampler"], "eta": opts["eta"], "t_start": opts["t_start"],
       "sizes": args.sizes.split(","), "seed": args.seed, "batch_size": args.batch_size,
       "per_subject": args.per_subject or (1 if quick else 4),
       "max_subjects": 2 if quick else None, "head_threshold": HEAD_THRESHOLD}
 
 
 def main(argv=None):
-  p = _common.parser(__doc__.splitlines()[0], steps=100, quick_steps=4)
+  p = _common.parser(__doc__.splitlines()[0], quick_steps=4)
   p.add_argument("--sizes", default="64x64,32x32", help="low-res matrices")
   p.add_argument("--steps_list", default=None, help="N of the steps curve (default "
                  "25,50,100,250,1000; --quick 2,4)")
   p.add_argument("--k_list", default=None, help="k of the K curve (default 1,2,4,8; --quick 1,2)")
-  p.add_argument("--num_samples", type=int, default=2, help="K of the steps curve")
   p.add_argument("--per_subject", type=int, default=None, help="slices per subject (default 4, "
                  "--quick 1 of 2 subjects)")
-  p.add_argument("--lam", type=float, default=1.0, help="guidance weight λ")
+  _common.add_sampling_flags(p)  # --num_samples: K of the steps curve
   args = p.parse_args(argv)
-  s = settings(p, args)
   with _common.exit_on_bad_input():
     vdm_model, params = _common.load_model(args)
     sets = _common.load_sets(args)
+  s = settings(p, args)
   results, rows = {}, []
   for set_name, (path, images, subjects) in sets.items():
     idx = _common.pick_slices(subjects, s["per_subject"], s["max_subjects"])

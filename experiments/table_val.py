@@ -24,14 +24,13 @@ def main(argv=None):
   p.add_argument("--sizes", default="64x64,48x48,32x32")
   p.add_argument("--noise", default="0,0.02", help="σ_y values (intensity units, k-space)")
   p.add_argument("--per_subject", type=int, default=8)
-  p.add_argument("--num_samples", type=int, default=4, help="K ≥ 4 posterior samples")
-  p.add_argument("--lam", type=float, default=1.0)
+  _common.add_sampling_flags(p)
   args = p.parse_args(argv)
   with _common.exit_on_bad_input():
     vdm_model, params = _common.load_model(args)
     sets = _common.load_sets(args)
   per_subject, max_subjects = (1, 2) if args.quick else (args.per_subject, None)
-  steps = _common.num_steps(args)
+  opts = _common.sampling_kwargs(args)
   rows, subsets = [], {}
   for set_name, (path, images, subjects) in sets.items():
     idx = _common.pick_slices(subjects, per_subject, max_subjects)
@@ -40,23 +39,23 @@ def main(argv=None):
                          "num_slices": len(idx), "slices": idx.tolist()}
     for size in args.sizes.split(","):
       for sigma_y in (float(v) for v in args.noise.split(",")):
-        rows += _rows(args, vdm_model, params, x, subj, size, sigma_y, set_name, steps)
+        rows += _rows(args, vdm_model, params, x, subj, size, sigma_y, set_name, opts)
   outdir = pathlib.Path(args.outdir)
   _common.write_csv(outdir / "table_val.csv", rows)
   _common.write_json(outdir / "table_val.json", {
-      "steps": steps, "lam": args.lam, "num_samples": args.num_samples,
+      "steps": opts["num_steps"], **opts,
       "slices_per_subject": per_subject, "sets": subsets, "rows": rows})
   return rows
 
 
-def _rows(args, vdm_model, params, x, subj, size, sigma_y, set_name, steps) -> list[dict]:
+def _rows(args, vdm_model, params, x, subj, size, sigma_y, set_name, opts) -> list[dict]:
   """The table rows of one set, low-res size and σ_y: baselines, one VDM sample, the K-mean."""
   y0 = _common.measure(x, _common.parse_size(size), sigma_y, jax.random.key(args.seed))
   post = sampling.posterior_samples(
-      vdm_model, params, y0, key=jax.random.key(args.seed + 1), num_samples=args.num_samples,
-      lam=args.lam, num_steps=steps, final_projection=True, batch_size=args.batch_size)
+      vdm_model, params, y0, key=jax.random.key(args.seed + 1), final_projection=True,
+      batch_size=args.batch_size, **opts)
   methods = {**_common.baseline_images(y0, x.shape[1:]), "vdm_sample": post.samples[:, 0],
-             f"vdm_mean_k{args.num_samples}": post.mean}
+             f"vdm_mean_k{opts['num_samples']}": post.mean}
   rows = []
   for method, pred in methods.items():
     s = _common.scores(x, pred, subj, y0)

@@ -262,3 +262,54 @@ def test_export_prior_sets_sampling_defaults_and_keeps_the_selection(tmp_path, c
     module.main([f"--src={src}", f"--dst={tmp_path / 'ship2'}"])
   assert e.value.code == 2 and "manifest says" in capsys.readouterr().err
   assert not (tmp_path / "ship2").exists()
+
+
+def test_scripts_default_to_the_checkpoints_sampling_config(checkpoint):
+  import _common
+  args = _common.parser("")
+  _common.add_sampling_flags(args)
+  parsed = args.parse_args([f"--checkpoint={checkpoint}", "--outdir=."])
+  _common.load_model(parsed)
+  config = load_config("tiny").sampling
+  opts = _common.sampling_kwargs(parsed)
+  assert (opts["num_steps"], opts["num_samples"], opts["lam"], opts["sampler"]) == (
+      config.steps, config.num_samples, config.lam, config.sampler)
+  parsed = args.parse_args([f"--checkpoint={checkpoint}", "--outdir=.", "--steps=1000",
+                            "--sampler=projection", "--num_samples=3"])
+  _common.load_model(parsed)
+  opts = _common.sampling_kwargs(parsed)
+  assert (opts["num_steps"], opts["num_samples"], opts["sampler"]) == (1000, 3, "projection")
+
+
+def test_sampler_comparison_reports_cost_quality_and_calibration(checkpoint, tmp_path):
+  rows = _run("sampler_compare", checkpoint, tmp_path,
+              "--settings=paper:2:2,projection:2:2:0.85:0.6,projection:2:1:0:1")
+  assert {(r["set"], r["lowres"]) for r in rows} == {("brain_t1w_sample", "64x64"),
+                                                     ("brain_t1w_sample", "32x32")}
+  for r in rows:
+    assert r["nfe"] == r["steps"] * r["k"]
+    np.testing.assert_allclose(r["psnr"] - r["zf_psnr"], r["psnr_gain"], atol=1e-9)
+    if r["k"] > 1:
+      assert 0.0 <= r["coverage"] <= 1.0 and -1.0 <= r["corr"] <= 1.0
+    else:
+      assert r["coverage"] == ""  # no std from one sample
+  with open(tmp_path / "samplers.csv") as f:
+    assert len(list(csv.DictReader(f))) == len(rows)
+  assert Image.open(tmp_path / "samplers.png").size[0] > 0
+  with pytest.raises(SystemExit) as e:
+    _run("sampler_compare", checkpoint, tmp_path / "bad", "--settings=ddpm:2:2")
+  assert e.value.code == 2 and not (tmp_path / "bad").exists()
+
+
+def test_recipe_eval_scores_each_run_by_bands_and_sr(checkpoint, tmp_path):
+  import recipe_eval
+  argv = [f"--outdir={tmp_path}", f"--runs=a={checkpoint},b={checkpoint}", "--quick",
+          "--steps=2", "--num_samples=1", "--per_subject=1", f"--data={vdm_mri.SAMPLE_DATA}"]
+  recipe_eval.main(argv)
+  result = json.loads((tmp_path / "recipes.json").read_text())
+  a, b = result["runs"]
+  assert a["step"] == 1 and a["images_seen"] == 8 and a["images_per_s"] > 0
+  bands = [k for k in a if k.startswith("den/brain_t1w_sample/band") and k.endswith("eps_mse")]
+  assert len(bands) == 8 and len(result["protocol"]["bands"]) == 8
+  for k in bands + ["sr/score", "den/brain_t1w_sample/diffusion_bpd"]:
+    assert a[k] == b[k]  # one protocol: the same run scores the same

@@ -116,6 +116,70 @@ def test_oracle_eps_recovers_x(num_steps, lowres):
   assert rms == pytest.approx(expected_rms, rel=0.05)
 
 
+@pytest.mark.parametrize("t_start", [1.0, 0.6])
+def test_oracle_eps_recovers_x_with_the_projection_sampler(t_start):
+  x = _images(32)
+  f = vdm.encode(x, 12)
+  y0 = kspace.measure(x, (6, 6))
+  run = jax.jit(lambda keys, y0: sampling.sample(
+      keys, y0, eps_fn=_oracle_eps_fn(f), gamma_fn=lambda t: GAMMA_MIN + (
+          GAMMA_MAX - GAMMA_MIN) * t, bits=12, gamma_min=GAMMA_MIN, gamma_max=GAMMA_MAX,
+      image_shape=(SIZE, SIZE), num_steps=10, sampler="projection", eta=0.85,
+      t_start=t_start))
+  x_hat = run(sampling.sample_keys(jax.random.key(5), 32, 1)[:, 0], y0)
+  # x̂₀ = f at every step; the last re-noising leaves z_0 ~ N(α_0 f, σ_0²) as the ancestral
+  # sampler does (deterministic and fresh noise in quadrature): the same rms band.
+  expected_rms = np.exp(GAMMA_MIN / 2) / vdm.encoder_affine(12)[0]
+  assert float(jnp.sqrt(jnp.mean((x_hat - x) ** 2))) == pytest.approx(expected_rms, rel=0.05)
+
+
+def test_projection_step_estimate_is_consistent_with_the_measurement():
+  """ε̂ = 0 and η = 0 make z_s = α_s·x̂₀ exactly, which exposes the projected estimate."""
+  x = _images(2)
+  y0 = kspace.measure(x, (8, 8))  # even: the unpaired edge row and column
+  y0_f = kspace.encode_measurement(y0, *vdm.encoder_affine(12), (SIZE, SIZE))
+  z_t = 3.0 * jax.random.normal(jax.random.key(3), (2, SIZE, SIZE))  # x̂₀ clipped, then projected
+  keys = sampling.sample_keys(jax.random.key(4), 2, 1)[:, 0]
+  g_s = jnp.float32(-3.0)
+  z_s = sampling.projection_step(z_t, keys, 4, jnp.float32(1.0), g_s,
+                                 eps_fn=lambda z, g: jnp.zeros_like(z), y0_f=y0_f, eta=0.0,
+                                 gamma_min=GAMMA_MIN, gamma_max=GAMMA_MAX)
+  x0 = z_s / schedule.alpha(g_s)
+  assert float(kspace.residual(x0, y0_f).max()) < 1e-6
+  assert float(jnp.abs(x0 - jnp.clip(z_t / schedule.alpha(1.0), -1, 1)).max()) > 0.1  # it moved
+
+
+def test_warm_start_runs_exactly_the_steps_below_t_start():
+  seen = []
+
+  def spy(z, g):
+    jax.debug.callback(lambda v: seen.append(float(v[0])), g)
+    return jnp.zeros_like(z)
+
+  gamma_fn = lambda t: GAMMA_MIN + (GAMMA_MAX - GAMMA_MIN) * t
+  y0 = kspace.measure(_images(1), (8, 8))
+  for sampler in sampling.SAMPLERS:
+    seen.clear()
+    sampling.sample(sampling.sample_keys(jax.random.key(0), 1, 1)[:, 0], y0, eps_fn=spy,
+                    gamma_fn=gamma_fn, bits=12, gamma_min=GAMMA_MIN, gamma_max=GAMMA_MAX,
+                    image_shape=(SIZE, SIZE), num_steps=5, sampler=sampler, t_start=0.6)
+    jax.effects_barrier()
+    t_seen = np.asarray(seen)  # the conditioning is (γ - γ_min)/(γ_max - γ_min) = t here
+    np.testing.assert_allclose(np.sort(t_seen)[::-1], 0.6 * np.arange(5, 0, -1) / 5, atol=1e-6)
+
+
+def test_sample_rejects_bad_sampler_options():
+  kw = dict(eps_fn=lambda z, g: jnp.zeros_like(z), gamma_fn=lambda t: t, bits=12,
+            gamma_min=GAMMA_MIN, gamma_max=GAMMA_MAX, image_shape=(SIZE, SIZE), num_steps=2)
+  keys = sampling.sample_keys(jax.random.key(0), 1, 1)[:, 0]
+  with pytest.raises(ValueError, match="unknown sampler"):
+    sampling.sample(keys, None, sampler="ddpm", **kw)
+  with pytest.raises(ValueError, match="needs a measurement"):
+    sampling.sample(keys, None, t_start=0.5, **kw)
+  with pytest.raises(ValueError, match="t_start"):
+    sampling.sample(keys, None, t_start=1.5, **kw)
+
+
 # --------------------------------------------------------------------------------------------
 # Final projection, keys, batch and device independence, program size.
 # --------------------------------------------------------------------------------------------
@@ -153,12 +217,13 @@ def test_same_key_gives_identical_samples(tiny):
   np.testing.assert_allclose(a.mean, a.samples.mean(1), atol=1e-7)
 
 
-def test_samples_do_not_depend_on_batch_size_or_devices(tiny):
+@pytest.mark.parametrize("sampler,t_start", [("paper", 1.0), ("projection", 0.6)])
+def test_samples_do_not_depend_on_batch_size_or_devices(tiny, sampler, t_start):
   model, params = tiny
   y0 = kspace.measure(_images(3), (8, 8))
   run = lambda batch, devices: sampling.posterior_samples(
       model, params, y0, key=jax.random.key(2), num_samples=2, num_steps=3, lam=0.7,
-      batch_size=batch, mesh=_mesh(devices)).samples
+      batch_size=batch, mesh=_mesh(devices), sampler=sampler, t_start=t_start).samples
   reference = run(1, 1)
   for batch, devices in [(5, 1), (5, 8)]:  # 5 on 8 devices is padded to 8 (6 samples: 1 call)
     np.testing.assert_allclose(run(batch, devices), reference, atol=2e-5, rtol=0)
@@ -187,7 +252,8 @@ def test_prior_sampling(tiny):
   np.testing.assert_allclose(again, x, atol=2e-5)
 
 
-def test_program_size_does_not_depend_on_the_number_of_steps(tiny):
+@pytest.mark.parametrize("sampler", sampling.SAMPLERS)
+def test_program_size_does_not_depend_on_the_number_of_steps(tiny, sampler):
   """lax.scan, not unrolled: 10 and 1000 steps lower to the same program up to constants."""
   model, params = tiny
   mesh = _mesh(8)
@@ -195,9 +261,10 @@ def test_program_size_does_not_depend_on_the_number_of_steps(tiny):
   y0 = jnp.zeros((8, 8, 8), jnp.complex64)
 
   def program(num_steps):
-    sampler = sampling.make_sampler(model, mesh, num_steps=num_steps, guided=True,
-                                    final_projection=True, progress_every=5)
-    text = sampler.lower(params, keys, y0, 1.0).as_text()
+    sampler_fn = sampling.make_sampler(model, mesh, num_steps=num_steps, guided=True,
+                                       final_projection=True, progress_every=5,
+                                       sampler=sampler, t_start=0.7)
+    text = sampler_fn.lower(params, keys, y0, 1.0).as_text()
     return re.sub(r"\d+(\.\d+)?(e[-+]?\d+)?", "#", text)  # shapes and constants differ
 
   short, long = program(10), program(1000)

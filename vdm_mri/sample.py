@@ -84,6 +84,12 @@ def define_flags(fv: flags.FlagValues):
   f("noise", 0.0, "σ_y of the simulated complex k-space noise (intensity units)", flag_values=fv)
   f("lam", None, "guidance weight λ in [0, 1] (default: config.sampling.lam)", flag_values=fv)
   i("steps", None, "reverse steps (default: config.sampling.steps)", flag_values=fv)
+  s("sampler", None, "paper (ancestral, λ-mixed noisy measurement) or projection (x̂₀ "
+    "projected onto ŷ₀, DDIM re-noising; default: config.sampling.sampler)", flag_values=fv)
+  f("eta", None, "η of the projection sampler's re-noising, 0 (deterministic) … 1 "
+    "(default: config.sampling.eta)", flag_values=fv)
+  f("t_start", None, "start at this t ∈ (0, 1] from the noised zero-filled image (1: from "
+    "noise; default: config.sampling.t_start)", flag_values=fv)
   i("num_samples", None, "posterior samples per slice (default: config)", flag_values=fv)
   i("batch_size", None, "images per compiled call over all devices (default: config)",
     flag_values=fv)
@@ -104,18 +110,34 @@ class Options:
   num_samples: int
   batch_size: int
   final_projection: bool
+  sampler: str = "paper"
+  eta: float = 0.85
+  t_start: float = 1.0
+
+
+SAMPLING_DEFAULTS = {"sampler": "paper", "eta": 0.85, "t_start": 1.0}
+"""config.sampling fields that configs written before they existed lack."""
 
 
 def sampling_options(fv, config) -> Options:
   """Flags over config.sampling, validated."""
-  pick = lambda name, field: getattr(config.sampling, field) if fv[name].value is None else (
-      fv[name].value)
+  pick = lambda name, field: config.sampling.get(field, SAMPLING_DEFAULTS.get(field)) if (
+      fv[name].value is None) else fv[name].value
   opts = Options(lam=float(pick("lam", "lam")), steps=int(pick("steps", "steps")),
                  num_samples=int(pick("num_samples", "num_samples")),
                  batch_size=int(pick("batch_size", "batch_size")),
-                 final_projection=bool(pick("final_projection", "final_projection")))
+                 final_projection=bool(pick("final_projection", "final_projection")),
+                 sampler=str(pick("sampler", "sampler")), eta=float(pick("eta", "eta")),
+                 t_start=float(pick("t_start", "t_start")))
   if not 0.0 <= opts.lam <= 1.0:
     raise InputError(f"--lam must be in [0, 1], got {opts.lam}")
+  if opts.sampler not in sampling.SAMPLERS:
+    raise InputError(f"--sampler must be one of {', '.join(sampling.SAMPLERS)}, got "
+                     f"{opts.sampler!r}")
+  if not 0.0 <= opts.eta <= 1.0:
+    raise InputError(f"--eta must be in [0, 1], got {opts.eta}")
+  if not 0.0 < opts.t_start <= 1.0:
+    raise InputError(f"--t_start must be in (0, 1], got {opts.t_start}")
   for name in ("steps", "num_samples", "batch_size"):
     if getattr(opts, name) < 1:
       raise InputError(f"--{name} must be at least 1, got {getattr(opts, name)}")
@@ -193,7 +215,8 @@ def reconstruct(model, params, problem: Problem, opts: Options, key, normalize: 
           model, params, problem.y0[lo:hi] / scale[lo:hi, None, None], key=key,
           num_samples=opts.num_samples, lam=opts.lam, num_steps=opts.steps,
           final_projection=opts.final_projection, batch_size=batch,
-          progress_every=max(1, opts.steps // 100), mesh=mesh, first_index=lo).samples
+          progress_every=max(1, opts.steps // 100), mesh=mesh, first_index=lo,
+          sampler=opts.sampler, eta=opts.eta, t_start=opts.t_start).samples
     bar.bar.close()
   samples = distributed.gather_rows(samples, n, per) * scale[:, None, None, None]
   y0 = jnp.asarray(problem.y0)
@@ -254,7 +277,9 @@ def run(fv) -> int:
   primary = distributed.is_primary()
   say = (lambda text: print(text, file=sys.stderr)) if primary else (lambda text: None)
   say(f"super-resolving {len(problem.y0)} slice(s) {problem.y0.shape[1]}x{problem.y0.shape[2]}"
-      f" -> {model.image_shape[0]}x{model.image_shape[1]}: λ={opts.lam}, {opts.steps} steps, "
+      f" -> {model.image_shape[0]}x{model.image_shape[1]}: {opts.sampler} sampler"
+      f"{f' (η={opts.eta})' if opts.sampler == 'projection' else f' (λ={opts.lam})'}, "
+      f"{opts.steps} steps{f' from t={opts.t_start}' if opts.t_start < 1 else ''}, "
       f"{opts.num_samples} sample(s), final projection {opts.final_projection}, "
       f"{jax.device_count()} device(s) in {jax.process_count()} process(es)")
   out = reconstruct(model, params, problem, opts, key_sample, fv.normalize)

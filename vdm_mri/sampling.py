@@ -1,4 +1,5 @@
-"""k-space guided ancestral sampling of the VDM prior (the paper's sampler), one compiled program.
+"""k-space guided sampling of the VDM prior, one compiled program: the paper's ancestral sampler
+and an x̂₀-projection sampler.
 
 Notation as in kspace.py and vdm.py: f = scale·x + offset is the encoded image, z_t = α_t·f + σ_t·ε,
 γ_t = -log SNR(t), α_t² = sigmoid(-γ_t), σ_t² = sigmoid(γ_t). On a grid of N steps, t = i/N and
@@ -22,6 +23,12 @@ Without the final projection x̂ ∈ [0, 1] and the residual is what the guidanc
 
 The real part after F⁻¹ is kspace.guide's Hermitian-consistent one (kspace.py, eq. (P)): even
 crop sizes leave no half-residual on the unpaired edge row/column.
+
+The projection sampler (`sampler="projection"`, DDNM / DDS) replaces steps 1-3 by: ε̂ at z_t;
+x̂₀ = clip((z_t - σ_t·ε̂)/α_t, -1, 1) projected exactly onto ŷ₀ᶠ (kspace.project); z_s = α_s·x̂₀ +
+sqrt(σ_s² - σ_η²)·ε̂ + σ_η·ε with σ_η² = η²·σ_s²·c. Either sampler can start warm
+(`t_start` < 1): N steps on the grid t_start·i/N from z = α·f₀ + σ·ε, f₀ the encoded real
+zero-filled image (kspace.project of zeros onto ŷ₀).
 
 Guidance with λ = 0, or no measurement at all (`y0=None`), samples the unconditional prior with
 the same code. Keys: one key per sample (`sample_keys`: fold_in(fold_in(key, n), k) for
@@ -91,6 +98,32 @@ def reverse_step(z_t, keys, i, gamma_t, gamma_s, *, eps_fn: EpsFn, y0_f=None, la
   return ancestral_step(z_t, eps_hat, _normal(key_eps, z_t.shape[1:]), gamma_t, gamma_s)
 
 
+def projection_step(z_t, keys, i, gamma_t, gamma_s, *, eps_fn: EpsFn, y0_f=None,
+                    eta: float = 0.85, gamma_min: float, gamma_max: float):
+  """x̂₀-projection step t → s (DDNM / DDS) for a batch z_t [B, H, W]; `keys` [B].
+
+  x̂₀ = clip((z_t - σ_t·ε̂)/α_t, -1, 1) in the encoded space, projected onto the measurement
+  (x̂₀ ← kspace.project(x̂₀, ŷ₀ᶠ): exact for a centre crop), then re-noised DDIM-style:
+  z_s = α_s·x̂₀ + sqrt(σ_s² - σ_η²)·ε̂ + σ_η·ε with σ_η² = η²·σ_s²·c, c = -expm1(γ_s - γ_t)
+  (η = 1: the ancestral step's variance; η = 0: deterministic DDIM). y0_f = None: plain DDIM.
+  """
+  key_eps = jax.vmap(jax.random.split)(jax.vmap(jax.random.fold_in, (0, None))(keys, i))[:, 1]
+  cond = jnp.full(z_t.shape[:1], vdm.gamma_to_cond(gamma_t, gamma_min, gamma_max))  # [B]
+  eps_hat = eps_fn(z_t[..., None], cond)[..., 0]
+  x0 = jnp.clip((z_t - schedule.sigma(gamma_t) * eps_hat) / schedule.alpha(gamma_t), -1.0, 1.0)
+  if y0_f is not None:
+    x0 = kspace.project(x0, y0_f)
+  var_eta = eta**2 * schedule.sigma2(gamma_s) * -jnp.expm1(gamma_s - gamma_t)
+  direction = jnp.sqrt(jnp.maximum(schedule.sigma2(gamma_s) - var_eta, 0.0))
+  return (schedule.alpha(gamma_s) * x0 + direction * eps_hat
+          + jnp.sqrt(var_eta) * _normal(key_eps, z_t.shape[1:]))
+
+
+SAMPLERS = ("paper", "projection")
+"""`paper`: guided ancestral sampling with λ-mixing of the noised measurement (Song et al. 2022,
+the paper's); `projection`: x̂₀-projection with DDIM re-noising (`projection_step`)."""
+
+
 # --------------------------------------------------------------------------------------------
 # Progress: a host callback every `progress_every` steps, dispatched to registered listeners.
 # --------------------------------------------------------------------------------------------
@@ -138,23 +171,42 @@ def decode_image(z_0, gamma_0, bits: int):
 def sample(keys, y0=None, lam=1.0, *, eps_fn: EpsFn, gamma_fn: GammaFn, bits: int,
            gamma_min: float, gamma_max: float, image_shape: tuple[int, int], num_steps: int,
            final_projection: bool = False, progress_every: int = 0,
-           axis_name: str | None = None):
-  """Guided ancestral sampling, N = num_steps steps: x̂ [B, H, W] float32 intensities.
+           axis_name: str | None = None, sampler: str = "paper", eta: float = 0.85,
+           t_start: float = 1.0):
+  """Guided sampling, N = num_steps steps: x̂ [B, H, W] float32 intensities.
 
   keys: [B] typed PRNG keys, one per sample. y0: [B, h, w] complex64 measurement of the image
   in intensity space (kspace.measure / measurement_from_lowres), or None for the prior.
-  lam: λ (scalar or [B, 1, 1]). final_projection: project x̂ onto ŷ₀ after clipping (module doc).
+  lam: λ (scalar or [B, 1, 1]; the paper sampler). final_projection: project x̂ onto ŷ₀ after
+  clipping (module doc). sampler: one of SAMPLERS; eta: η of the projection sampler.
+  t_start < 1: a warm start, the N steps on the grid t_start·i/N from z = α·f₀ + σ·ε at
+  t_start, f₀ the encoded minimum-norm image consistent with ŷ₀ (the real zero-filled image,
+  kspace.project of zeros); t_start = 1 starts from pure noise z_1 ~ N(0, I).
   """
   if final_projection and y0 is None:
     raise ValueError("final_projection needs a measurement y0")
+  if sampler not in SAMPLERS:
+    raise ValueError(f"unknown sampler {sampler!r}; expected one of {SAMPLERS}")
+  if not 0.0 < t_start <= 1.0:
+    raise ValueError(f"t_start must be in (0, 1], got {t_start}")
+  if t_start < 1.0 and y0 is None:
+    raise ValueError("a warm start (t_start < 1) needs a measurement y0")
   scale, offset = vdm.encoder_affine(bits)
   y0_f = None if y0 is None else kspace.encode_measurement(y0, scale, offset, image_shape)
-  gammas = gamma_fn(jnp.arange(num_steps + 1, dtype=jnp.float32) / num_steps)  # [N+1], γ(i/N)
+  grid = jnp.arange(num_steps + 1, dtype=jnp.float32) / num_steps  # i/N
+  gammas = gamma_fn(grid * t_start if t_start < 1.0 else grid)  # [N+1], γ(t_start·i/N)
   split = jax.vmap(jax.random.split)(keys)  # [B, 2]
   key_init, key_loop = split[:, 0], split[:, 1]
   z_1 = _normal(key_init, tuple(image_shape))  # [B, H, W]
-  step = functools.partial(reverse_step, eps_fn=eps_fn, y0_f=y0_f, lam=lam,
-                           gamma_min=gamma_min, gamma_max=gamma_max)
+  if t_start < 1.0:
+    f_0 = scale * kspace.project(jnp.zeros((y0.shape[0], *image_shape), jnp.float32), y0) + offset
+    z_1 = schedule.alpha(gammas[-1]) * f_0 + schedule.sigma(gammas[-1]) * z_1
+  if sampler == "paper":
+    step = functools.partial(reverse_step, eps_fn=eps_fn, y0_f=y0_f, lam=lam,
+                             gamma_min=gamma_min, gamma_max=gamma_max)
+  else:
+    step = functools.partial(projection_step, eps_fn=eps_fn, y0_f=y0_f, eta=eta,
+                             gamma_min=gamma_min, gamma_max=gamma_max)
 
   def body(z_t, i):
     z_s = step(z_t, key_loop, i, gammas[i], gammas[i - 1])
@@ -184,7 +236,8 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
 
 @functools.lru_cache(maxsize=16)
 def make_sampler(model, mesh: jax.sharding.Mesh, *, num_steps: int, guided: bool,
-                 final_projection: bool = False, progress_every: int = 0):
+                 final_projection: bool = False, progress_every: int = 0,
+                 sampler: str = "paper", eta: float = 0.85, t_start: float = 1.0):
   """`sample` for a model.VDM, jitted on `mesh`: fn(params, keys, y0, lam) -> x̂ [B, H, W].
 
   Guided=False gives fn(params, keys) (the prior). params and λ are replicated, keys [B] and
@@ -193,7 +246,7 @@ def make_sampler(model, mesh: jax.sharding.Mesh, *, num_steps: int, guided: bool
   """
   kwargs = dict(model_sampler_kwargs(model), num_steps=num_steps,
                 final_projection=final_projection, progress_every=progress_every,
-                axis_name="data")
+                axis_name="data", sampler=sampler, eta=eta, t_start=t_start)
 
   def fn(params, keys, y0=None, lam=1.0):
     return sample(keys, y0, lam, eps_fn=model.eps_fn(params), gamma_fn=model.gamma_fn(params),
@@ -267,20 +320,23 @@ class Posterior:
 def posterior_samples(model, params, y0, *, key, num_samples: int, lam: float = 1.0,
                       num_steps: int = 1000, final_projection: bool = True,
                       batch_size: int = 4, progress_every: int = 0, mesh=None,
-                      first_index: int = 0) -> Posterior:
+                      first_index: int = 0, sampler: str = "paper", eta: float = 0.85,
+                      t_start: float = 1.0) -> Posterior:
   """K = num_samples guided samples for each measurement y0 [N, h, w] (intensity space).
 
   Batches hold min(batch_size, N·K) samples (rounded up to the device count), so a single
   slice does not pay for a padded batch. `first_index`: the index of y0[0] in the whole set
   (its keys are `sample_keys(key, …, first_index)`), so a process given a share of the
-  measurements draws exactly what one process given all of them would."""
+  measurements draws exactly what one process given all of them would. `sampler`, `eta`,
+  `t_start` as in `sample`."""
   mesh = make_mesh() if mesh is None else mesh
   n = y0.shape[0]
   keys = sample_keys(key, n, num_samples, first_index).reshape(-1)  # [N·K], measurement-major
   y0_flat = jnp.repeat(jnp.asarray(y0, jnp.complex64), num_samples, axis=0)  # [N·K, h, w]
-  sampler = make_sampler(model, mesh, num_steps=num_steps, guided=True,
-                         final_projection=final_projection, progress_every=progress_every)
-  x = run_batched(sampler, params, keys, y0_flat, lam,
+  fn = make_sampler(model, mesh, num_steps=num_steps, guided=True,
+                    final_projection=final_projection, progress_every=progress_every,
+                    sampler=sampler, eta=float(eta), t_start=float(t_start))
+  x = run_batched(fn, params, keys, y0_flat, lam,
                   batch_size=padded_batch_size(min(batch_size, n * num_samples), mesh), mesh=mesh)
   samples = x.reshape(n, num_samples, *x.shape[1:])
   return Posterior(samples=samples, mean=samples.mean(1), std=samples.std(1))

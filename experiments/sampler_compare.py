@@ -1,0 +1,162 @@
+"""Samplers and estimators of the posterior mean at equal cost: network evaluations per slice
+(steps × K) against PSNR / SSIM of the mean and the calibration of the posterior std.
+
+Every setting is `sampler:steps:K[:eta[:t_start]]` (sampler `paper` or `projection`; eta only
+used by `projection`; t_start < 1 is a warm start from the noised zero-filled image), run on the
+fixed slice subset of every validation set (`--per_subject` slices per subject,
+_common.pick_slices) at every `--sizes` low-res matrix, noise-free:
+
+    python experiments/sampler_compare.py --outdir=experiments/results/samplers
+
+Writes samplers.csv (set, lowres, setting, sampler, steps, k, eta, t_start, nfe, psnr, ssim,
+psnr_gain, ssim_gain, coverage, corr; coverage = P(|mean - gt| ≤ 2·std) and corr = r(std,
+|mean - gt|) over head pixels, blank for K = 1), samplers.json (with the settings and subsets),
+and samplers.png (PSNR gain over zero-filling against network evaluations, one panel per set and
+size, one line per sampler family).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import time
+
+import jax
+import numpy as np
+
+import _common
+import _plot
+import curves
+from vdm_mri import figures, sampling
+
+DEFAULT_SETTINGS = (
+    # the paper's sampler from noise: today's default (10 × 16) and cheaper splits
+    "paper:10:16", "paper:10:8", "paper:5:16", "paper:10:4", "paper:5:8", "paper:20:2",
+    "paper:10:2", "paper:5:4", "paper:10:1", "paper:5:2",
+    # the paper's sampler, warm-started
+    "paper:10:4:0.85:0.6", "paper:5:8:0.85:0.6", "paper:5:4:0.85:0.6", "paper:5:2:0.85:0.6",
+    # x̂₀-projection, DDIM re-noising
+    "projection:10:4:0.85:0.6", "projection:10:4:0.85:1", "projection:5:8:0.85:0.6",
+    "projection:10:4:1:0.6", "projection:10:8:0.85:0.6", "projection:10:2:0.85:0.6",
+    "projection:5:4:1:0.6", "projection:20:8:0.85:1",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+  sampler: str
+  steps: int
+  k: int
+  eta: float = 0.85
+  t_start: float = 1.0
+
+  @property
+  def nfe(self) -> int:
+    return self.steps * self.k
+
+  @property
+  def family(self) -> str:
+    warm = f", t0={self.t_start:g}" if self.t_start < 1 else ""
+    return f"{self.sampler}{f' η={self.eta:g}' if self.sampler == 'projection' else ''}{warm}"
+
+  @property
+  def name(self) -> str:
+    return f"{self.sampler}:{self.steps}:{self.k}:{self.eta:g}:{self.t_start:g}"
+
+
+def parse_setting(text: str) -> Setting:
+  parts = text.strip().split(":")
+  try:
+    if len(parts) < 3 or len(parts) > 5:
+      raise ValueError
+    s = Setting(parts[0], int(parts[1]), int(parts[2]),
+                *(float(v) for v in parts[3:]))
+  except ValueError:
+    raise _common.sr_io.InputError(f"--settings: {text!r} is not sampler:steps:K[:eta[:t_start]]"
+                                   ) from None
+  if s.sampler not in sampling.SAMPLERS or s.steps < 1 or s.k < 1 or not (
+      0 <= s.eta <= 1 and 0 < s.t_start <= 1):
+    raise _common.sr_io.InputError(f"--settings: bad setting {text!r}")
+  return s
+
+
+def run_setting(model, params, x, subj, y0, zf_scores, setting: Setting, key, batch_size: int):
+  post = sampling.posterior_samples(
+      model, params, y0, key=key, num_samples=setting.k, num_steps=setting.steps,
+      final_projection=True, batch_size=batch_size, sampler=setting.sampler, eta=setting.eta,
+      t_start=setting.t_start)
+  got = {k: float(v) for k, v in _common.scores(x, post.mean, subj).items()}
+  row = {"setting": setting.name, "sampler": setting.sampler, "steps": setting.steps,
+         "k": setting.k, "eta": setting.eta, "t_start": setting.t_start, "nfe": setting.nfe,
+         "psnr": got["psnr"], "ssim": got["ssim"],
+         "psnr_gain": got["psnr"] - zf_scores["psnr"], "ssim_gain": got["ssim"] - zf_scores["ssim"],
+         "coverage": "", "corr": ""}
+  if setting.k > 1:
+    cal = curves.calibration(x, post.mean, post.std)["head"]
+    row.update(coverage=cal["coverage"], corr=cal["corr"])
+  return row
+
+
+def figure(rows: list[dict]):
+  panels = []
+  for case in dict.fromkeys((r["set"], r["lowres"]) for r in rows):
+    sel = [r for r in rows if (r["set"], r["lowres"]) == case]
+    lines = []
+    for fam in dict.fromkeys(r["family"] for r in sel):
+      pts = sorted((r["nfe"], r["psnr_gain"]) for r in sel if r["family"] == fam)
+      best = {}
+      for nfe, gain in pts:  # the best split at each cost
+        best[nfe] = max(best.get(nfe, -np.inf), gain)
+      lines.append(_plot.Line(fam, list(best), list(best.values()), ref=0.0))
+    panels.append(_plot.line_plot(lines, title=f"{case[0]} {case[1]}: best split per cost",
+                                  xlabel="network evaluations per slice (steps x K)",
+                                  ylabel="PSNR gain over zero-fill (dB)", log_x=True))
+  return _plot.hstack(panels)
+
+
+def main(argv=None):
+  p = _common.parser(__doc__.splitlines()[0], steps=10, quick_steps=2)
+  p.add_argument("--sizes", default="64x64,32x32", help="low-res matrices")
+  p.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
+                 help="comma-separated sampler:steps:K[:eta[:t_start]]")
+  p.add_argument("--per_subject", type=int, default=1, help="slices per subject")
+  args = p.parse_args(argv)
+  with _common.exit_on_bad_input():
+    settings = [parse_setting(t) for t in args.settings.split(",") if t.strip()]
+    vdm_model, params = _common.load_model(args)
+    sets = _common.load_sets(args)
+  if args.quick:
+    settings = [dataclasses.replace(s, steps=min(s.steps, 2), k=min(s.k, 2)) for s in settings[:3]]
+  rows, subsets = [], {}
+  for set_name, (path, images, subjects) in sets.items():
+    idx = _common.pick_slices(subjects, args.per_subject, 2 if args.quick else None)
+    x, subj = images[idx], subjects[idx]
+    subsets[set_name] = {"data": str(path), "slices": idx.tolist()}
+    for size in args.sizes.split(","):
+      y0 = _common.measure(x, _common.parse_size(size), 0.0, jax.random.key(args.seed))
+      zf = _common.scores(x, _common.baseline_images(y0, x.shape[1:])["zero-fill"], subj)
+      for setting in settings:
+        start = time.perf_counter()
+        row = run_setting(vdm_model, params, x, subj, y0, zf, setting,
+                          jax.random.key(args.seed + 1), args.batch_size)
+        row.update(set=set_name, lowres=size, family=setting.family,
+                   seconds=time.perf_counter() - start, zf_psnr=zf["psnr"], zf_ssim=zf["ssim"])
+        rows.append(row)
+        print(f"{set_name:>16} {size:>6} {setting.name:>26} nfe {setting.nfe:>4}: "
+              f"{row['psnr']:.2f} dB ({row['psnr_gain']:+.2f}), SSIM {row['ssim']:.4f} "
+              f"({row['ssim_gain']:+.4f}), coverage {row['coverage'] or '-'}", flush=True)
+  order = ["set", "lowres", "family"]
+  rows = [{**{k: r[k] for k in order}, **{k: v for k, v in r.items() if k not in order}}
+          for r in rows]
+  outdir = pathlib.Path(args.outdir)
+  _common.write_csv(outdir / "samplers.csv", rows)
+  _common.write_json(outdir / "samplers.json", {
+      "settings": [s.name for s in settings], "per_subject": args.per_subject,
+      "checkpoint": _common.display_path(_common.sample.resolve_workdir(args.checkpoint)),
+      "subsets": subsets, "rows": rows})
+  print(f"wrote {figures.save_png(figure(rows), outdir / 'samplers.png')}")
+  return rows
+
+
+if __name__ == "__main__":
+  main()
