@@ -313,3 +313,19 @@ def test_recipe_eval_scores_each_run_by_bands_and_sr(checkpoint, tmp_path):
   assert len(bands) == 8 and len(result["protocol"]["bands"]) == 8
   for k in bands + ["sr/score", "den/brain_t1w_sample/diffusion_bpd"]:
     assert a[k] == b[k]  # one protocol: the same run scores the same
+
+
+def test_prior_samples_panel_and_brain_statistics(checkpoint, tmp_path):
+  import prior_samples
+  report = _run("prior_samples", checkpoint, tmp_path, "--num=2")
+  assert report["steps"] == 2 and report["num"] == 2
+  image = Image.open(tmp_path / "prior_2.png")
+  assert image.size[1] == 2 * (128 + 2)  # a row of samples above a row of real slices
+  real = report["validation"]
+  assert 0.0 < real["head_fraction"] < 1.0 and real["head_intensity"] > 0.05
+  # The statistics mean what they say: a mirror-symmetric image scores 1, its flip-sign twin -1.
+  sym = np.random.default_rng(0).random((1, 8, 8))
+  sym = sym + sym[:, :, ::-1]
+  assert prior_samples.image_stats(sym)["lr_symmetry"] == pytest.approx(1.0)
+  ramp = np.tile(np.arange(8.0), (1, 8, 1))
+  assert prior_samples.image_stats(ramp)["lr_symmetry"] == pytest.approx(-1.0)

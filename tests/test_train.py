@@ -494,6 +494,10 @@ def test_two_data_sets_sr_validation_and_best_params(two_set_dir, tmp_path, monk
     assert line[f"sr/{name}/32x32/psnr_gain"] == pytest.approx(
         line[f"sr/{name}/32x32/psnr"] - line[f"sr/{name}/32x32/zf_psnr"])
     assert 10 < line[f"sr/{name}/32x32/zf_psnr"] < 60 and 0 < line[f"sr/{name}/32x32/ssim"] <= 1
+    # The denoising error per band is logged beside it, on the same validation slices.
+    errors = [line[f"den/{name}/band{k}/eps_mse"] for k in range(8)]
+    assert all(np.isfinite(errors)) and min(errors) > 0
+    assert np.isfinite(line[f"den/{name}/diffusion_bpd"])
 
   best = tmp_path / "best"
   manifest = pretrained.verify(best)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import pathlib
-import tempfile
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from vdm_mri import atomic
 
 
 def to_uint8(image: np.ndarray, hi: float = 1.0) -> np.ndarray:
@@ -34,14 +34,4 @@ def grid(rows: dict[str, np.ndarray], hi: float = 1.0, pad: int = 2,
 
 def save_png(image: Image.Image, path) -> pathlib.Path:
   """Write `image` to `path` atomically: a reader never sees a half-written file."""
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "wb") as f:
-      image.save(f, format="PNG")
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
-  return path
+  return atomic.write_with(path, lambda f: image.save(f, format="PNG"))

@@ -7,13 +7,14 @@ writes the event files without TensorFlow or PyTorch.
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import time
 
 import numpy as np
 from absl import logging
 from tensorboardX import SummaryWriter
+
+from vdm_mri import atomic
 
 
 class MetricWriter:
@@ -32,10 +33,8 @@ class MetricWriter:
     path = workdir / "metrics.jsonl"
     if path.exists():
       lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
-      tmp = path.with_name(path.name + ".tmp")
-      tmp.write_text("".join(l for l in lines if json.loads(l)["step"] <= resume_step),
-                     encoding="utf-8")
-      os.replace(tmp, path)  # never a half-rewritten metrics file
+      atomic.write_text(path, "".join(  # never a half-rewritten metrics file
+          l for l in lines if json.loads(l)["step"] <= resume_step))
     self._jsonl = open(path, "a", encoding="utf-8")
     self._tb = SummaryWriter(logdir=str(workdir / "tb"))
 

@@ -49,8 +49,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 import vdm_mri
-from vdm_mri import (baselines, data, distributed, figures, kspace, metric_writer, pretrained,
-                     sampling, validation)
+from vdm_mri import (atomic, baselines, data, distributed, figures, kspace, metric_writer,
+                     pretrained, sampling, validation)
 from vdm_mri import model as model_lib
 from vdm_mri import vdm
 from vdm_mri.data import augment
@@ -301,9 +301,11 @@ class BestBySR:
   a params dir in workdir/best/ (`vdm_mri.pretrained`: msgpack parameters, config, manifest
   with checksums and the metrics; `python -m vdm_mri.sample --checkpoint=WORKDIR/best`)."""
 
-  def __init__(self, sr: validation.SRValidation, workdir: pathlib.Path, writer, config):
+  def __init__(self, sr: validation.SRValidation, workdir: pathlib.Path, writer, config,
+               bands: validation.DenoisingBands | None = None):
+    """`bands`: also log the held-out denoising error per noise band (den/…) each time."""
     self.sr, self.dir, self.writer = sr, pathlib.Path(workdir) / "best", writer
-    self.config = config
+    self.config, self.bands = config, bands
     self.best = self._saved_score()
 
   def _saved_score(self) -> float:
@@ -315,6 +317,8 @@ class BestBySR:
     start = time.perf_counter()
     values = {**self.sr(model, params), **self.sr.baseline_values()}
     values["sr/seconds"] = time.perf_counter() - start
+    if self.bands is not None:
+      values.update(self.bands(model, params))
     self.writer.write(step, values)
     logging.info("step %d: SR validation score %.3f dB over zero-filling (best %.3f), %.0f s",
                  step, values["sr/score"], self.best, values["sr/seconds"])
@@ -322,13 +326,6 @@ class BestBySR:
       self.best = values["sr/score"]
       pretrained.export(self.dir, params, self.config, step=step,
                         images_seen=step * self.config.training.batch_size, metrics=values)
-
-
-def _write_atomic(path: pathlib.Path, text: str):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
 
 
 _LAST = ("learning_rate", "gamma_0", "gamma_1", "ema_rate")
@@ -442,7 +439,7 @@ def stop_requested(signals: list[int], check_all: bool) -> bool:
 # --------------------------------------------------------------------------------------------
 def save_config(config, workdir: pathlib.Path):
   """workdir/config.json (what `python -m vdm_mri.sample --checkpoint=workdir` rebuilds from)."""
-  _write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2))
+  atomic.write_text(workdir / "config.json", config.to_json_best_effort(indent=2))
 
 
 def _first_images(source, n: int) -> np.ndarray:
@@ -520,7 +517,7 @@ def _data_order(workdir: pathlib.Path, config, init_from, step: int) -> tuple[in
     seed, position = int(config.seed) + step, None
   if distributed.is_primary():
     workdir.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, json.dumps({"from": str(init_from), "step": step, "data_seed": seed,
+    atomic.write_text(path, json.dumps({"from": str(init_from), "step": step, "data_seed": seed,
                                     "data_state": position}, indent=2) + "\n")
   return seed, position
 
@@ -609,8 +606,11 @@ def train_and_evaluate(config, workdir, init_from: str | None = None,
         writer=writer)
     sr_cfg = config.get("sr_eval")
     if sr_cfg is not None and sr_cfg.every > 0 and val_sets:
-      sr_fn = BestBySR(make_sr_validation(val_sets, sr_cfg, jax.random.fold_in(key_eval, 2)),
-                       workdir, writer, config)
+      sr = make_sr_validation(val_sets, sr_cfg, jax.random.fold_in(key_eval, 2))
+      bands = validation.DenoisingBands(
+          {case.name.split("/")[0]: case.images for case in sr.cases}, gamma_min=model.gamma_min,
+          gamma_max=model.gamma_max, bits=model.bits, key=jax.random.fold_in(key_eval, 3))
+      sr_fn = BestBySR(sr, workdir, writer, config, bands)
   options, patches = step_options(config)
   optimizer = ml_collections.FrozenConfigDict(config.optimizer)
 

@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import pathlib
 
 import flax
 import jax
 import ml_collections
 import numpy as np
+
+from vdm_mri import atomic
 
 FORMAT = "vdm_mri.params/1"
 PARAMS_FILE, CONFIG_FILE, MANIFEST_FILE = "ema_params.msgpack", "config.json", "manifest.json"
@@ -53,12 +54,6 @@ def sha256(path: pathlib.Path) -> str:
   return digest.hexdigest()
 
 
-def _write_atomic(path: pathlib.Path, payload: bytes):
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_bytes(payload)
-  os.replace(tmp, path)
-
-
 def _msgpack(params) -> bytes:
   host = jax.tree.map(lambda x: np.asarray(x, np.float32), jax.device_get(params))
   return flax.serialization.msgpack_serialize(host)
@@ -78,10 +73,10 @@ def export(directory, params, config, *, raw_params=None, **info) -> pathlib.Pat
     payloads[RAW_PARAMS_FILE] = _msgpack(raw_params)
   files = {}
   for name, payload in payloads.items():
-    _write_atomic(directory / name, payload)
+    atomic.write_bytes(directory / name, payload)
     files[name] = {"sha256": hashlib.sha256(payload).hexdigest(), "bytes": len(payload)}
   manifest = {"format": FORMAT, "files": files, **info}
-  _write_atomic(directory / MANIFEST_FILE,
+  atomic.write_bytes(directory / MANIFEST_FILE,
                 (json.dumps(manifest, indent=2, default=float) + "\n").encode())
   return directory
 
