@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import vdm_mri
-from vdm_mri import baselines, data, kspace, metrics, sample, sampling, sr_io, validation
+from vdm_mri import atomic, baselines, data, kspace, metrics, sample, sampling, sr_io, validation
 from vdm_mri import model as model_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -171,11 +171,7 @@ def scores(gt, pred, subjects, y0=None) -> dict:
   return out
 
 
-def _atomic_write(path: pathlib.Path, text: str):
-  path.parent.mkdir(parents=True, exist_ok=True)
-  tmp = path.with_name(f".{path.name}.tmp")
-  tmp.write_text(text)
-  os.replace(tmp, path)
+_atomic_write = atomic.write_text
 
 
 def write_json(path: pathlib.Path, obj):
