@@ -4,7 +4,8 @@
 
 Reads WORKDIR/metrics.jsonl and WORKDIR/config.json (the global batch) and writes
 learning_curve.csv (one row per SR validation: step, images seen, per set and low-res size the
-posterior-mean PSNR/SSIM and their gains over zero-filling, the score, and the latest eval bpd),
+posterior-mean PSNR/SSIM and their gains over zero-filling, the score, the latest eval bpd, and
+the held-out denoising error per noise band where the run logged it, den/…),
 learning_curve.png (PSNR gain over zero-filling vs images seen, one line per set and size) and a
 copy of metrics.jsonl (the raw curve, kept with the results across machines).
 """
@@ -39,6 +40,8 @@ def read_rows(workdir: pathlib.Path) -> tuple[list[dict], int]:
         if key.startswith("sr/") and key.count("/") == 3:  # sr/<set>/<size>/<metric>
           _, set_name, size, metric = key.split("/")
           row[f"{set_name}/{size}/{metric}"] = value
+        elif key.startswith("den/"):  # den/<set>/band<k>/<metric>, den/<set>/diffusion_bpd
+          row[key] = value
       rows.append(row)
   return rows, batch
 

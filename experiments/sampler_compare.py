@@ -57,7 +57,7 @@ class Setting:
   @property
   def family(self) -> str:
     warm = f", t0={self.t_start:g}" if self.t_start < 1 else ""
-    return f"{self.sampler}{f' η={self.eta:g}' if self.sampler == 'projection' else ''}{warm}"
+    return f"{self.sampler}{f' eta={self.eta:g}' if self.sampler == 'projection' else ''}{warm}"
 
   @property
   def name(self) -> str:

@@ -223,12 +223,14 @@ def test_learning_curve_reads_sr_validations_against_images_seen(tmp_path, capsy
               "sr/a/32x32/psnr_gain": -0.5, "sr/a/32x32/zf_psnr": 26.5},
              {"step": 200, "eval/bpd": 6.5},
              {"step": 200, "sr/score": 0.25, "sr/a/32x32/psnr": 26.75,
-              "sr/a/32x32/psnr_gain": 0.25, "sr/a/32x32/zf_psnr": 26.5}]
+              "sr/a/32x32/psnr_gain": 0.25, "sr/a/32x32/zf_psnr": 26.5,
+              "den/a/band3/eps_mse": 0.15}]
   (work / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
   module = importlib.import_module("learning_curve")
   rows = module.main([f"--workdir={work}", f"--outdir={tmp_path / 'out'}"])
   assert [(r["step"], r["images_seen"], r["eval_bpd"], r["a/32x32/psnr_gain"]) for r in rows] == [
       (100, 800, 7.5, -0.5), (200, 1600, 6.5, 0.25)]
+  assert "den/a/band3/eps_mse" not in rows[0] and rows[1]["den/a/band3/eps_mse"] == 0.15
   with open(tmp_path / "out" / "learning_curve.csv") as f:
     assert [float(r["sr_score"]) for r in csv.DictReader(f)] == [-0.5, 0.25]
   assert Image.open(tmp_path / "out" / "learning_curve.png").size[0] >= 400
