@@ -1,5 +1,7 @@
 """vdm_mri.atomic: the one rule for files a reader must never see half-written."""
 
+import os
+
 import pytest
 
 from vdm_mri import atomic
@@ -20,4 +22,7 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
   assert sorted(p.name for p in path.parent.iterdir()) == ["out.json"]
   atomic.write_bytes(path, b"new")
   assert path.read_bytes() == b"new"
+  umask = os.umask(0)
+  os.umask(umask)
+  assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # readable by others, as before
   assert sorted(p.name for p in path.parent.iterdir()) == ["out.json"]

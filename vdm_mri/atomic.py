@@ -17,6 +17,9 @@ def temp_beside(path) -> tuple[int, pathlib.Path]:
   path = pathlib.Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+  umask = os.umask(0)
+  os.umask(umask)
+  os.fchmod(fd, 0o666 & ~umask)  # a normal file's mode, not mkstemp's private 0600
   return fd, pathlib.Path(tmp)
 
 

@@ -17,7 +17,6 @@ import math
 import os
 import pathlib
 import re
-import tempfile
 import zipfile
 from typing import Callable
 
@@ -31,7 +30,7 @@ from absl import logging
 from PIL import Image, ImageDraw
 
 import vdm_mri
-from vdm_mri import baselines, figures, kspace, pretrained
+from vdm_mri import atomic, baselines, figures, kspace, pretrained
 from vdm_mri import model as model_lib
 from vdm_mri.data import nifti as nifti_lib
 
@@ -291,9 +290,8 @@ class Staged:
     self.pending: list[tuple[pathlib.Path, pathlib.Path]] = []
 
   def add(self, path: pathlib.Path, write: Callable[[object], None]):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    self.pending.append((pathlib.Path(tmp), path))
+    fd, tmp = atomic.temp_beside(path)
+    self.pending.append((tmp, path))
     with os.fdopen(fd, "wb") as f:
       write(f)
 
