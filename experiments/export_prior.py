@@ -41,7 +41,9 @@ def main(argv=None):
         print(f"error: --{name} must be at least 1", file=sys.stderr)
         sys.exit(2)
       config.sampling[name] = value
-  info = {k: v for k, v in manifest.items() if k not in ("format", "files")}
+  # A state dir's data position belongs to the training run, not to the shipped prior.
+  info = {k: v for k, v in manifest.items()
+          if k not in ("format", "files", "data_seed", "data_state")}
   if args.note:
     info["note"] = args.note
   dst = pretrained.export(pathlib.Path(args.dst), params, config, **info)
