@@ -81,6 +81,12 @@ def _normal(keys, shape):
   return jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
 
 
+def _step_keys(keys, i):
+  """Per-sample keys of step i: (measurement noise ε′, step noise ε), each [B]."""
+  split = jax.vmap(jax.random.split)(jax.vmap(jax.random.fold_in, (0, None))(keys, i))
+  return split[:, 0], split[:, 1]
+
+
 def reverse_step(z_t, keys, i, gamma_t, gamma_s, *, eps_fn: EpsFn, y0_f=None, lam=1.0,
                  gamma_min: float, gamma_max: float):
   """Step t = i/N → s = (i-1)/N for a batch z_t [B, H, W]; `keys` [B], one per sample.
@@ -88,9 +94,7 @@ def reverse_step(z_t, keys, i, gamma_t, gamma_s, *, eps_fn: EpsFn, y0_f=None, la
   y0_f = None skips the guidance (prior sampling); the step's noise then stays the same as with
   guidance, since ε′ and ε come from separate keys.
   """
-  step_keys = jax.vmap(jax.random.fold_in, (0, None))(keys, i)
-  split = jax.vmap(jax.random.split)(step_keys)  # [B, 2]
-  key_y, key_eps = split[:, 0], split[:, 1]
+  key_y, key_eps = _step_keys(keys, i)
   if y0_f is not None:
     z_t = guidance_step(z_t, y0_f, _normal(key_y, z_t.shape[1:]), gamma_t, lam)
   cond = jnp.full(z_t.shape[:1], vdm.gamma_to_cond(gamma_t, gamma_min, gamma_max))  # [B]
@@ -107,7 +111,7 @@ def projection_step(z_t, keys, i, gamma_t, gamma_s, *, eps_fn: EpsFn, y0_f=None,
   z_s = α_s·x̂₀ + sqrt(σ_s² - σ_η²)·ε̂ + σ_η·ε with σ_η² = η²·σ_s²·c, c = -expm1(γ_s - γ_t)
   (η = 1: the ancestral step's variance; η = 0: deterministic DDIM). y0_f = None: plain DDIM.
   """
-  key_eps = jax.vmap(jax.random.split)(jax.vmap(jax.random.fold_in, (0, None))(keys, i))[:, 1]
+  _, key_eps = _step_keys(keys, i)
   cond = jnp.full(z_t.shape[:1], vdm.gamma_to_cond(gamma_t, gamma_min, gamma_max))  # [B]
   eps_hat = eps_fn(z_t[..., None], cond)[..., 0]
   x0 = jnp.clip((z_t - schedule.sigma(gamma_t) * eps_hat) / schedule.alpha(gamma_t), -1.0, 1.0)

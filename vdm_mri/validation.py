@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vdm_mri import baselines, kspace, metrics, sampling, vdm
+from vdm_mri import baselines, kspace, metrics, sampling, schedule, vdm
 
 
 def pick_slices(subjects: np.ndarray, per_subject: int, max_subjects: int | None = None):
@@ -150,8 +150,7 @@ class DenoisingBands:
       f = scale * images + offset
       bound = 0.0
       for k, g in enumerate(self.gammas):
-        a = float(np.sqrt(1.0 / (1.0 + np.exp(g))))  # α² = sigmoid(-γ)
-        s = float(np.sqrt(1.0 / (1.0 + np.exp(-g))))  # σ² = sigmoid(γ)
+        a, s = float(schedule.alpha(g)), float(schedule.sigma(g))
         z = a * f + s * eps[k]
         cond = np.full((self.batch_size,), vdm.gamma_to_cond(g, self.gamma_min, self.gamma_max),
                        np.float32)
