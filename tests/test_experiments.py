@@ -250,12 +250,14 @@ def test_export_prior_sets_sampling_defaults_and_keeps_the_selection(tmp_path, c
                           metrics={"sr/score": 0.3})
   module = importlib.import_module("export_prior")
   dst = module.main([f"--src={src}", f"--dst={tmp_path / 'ship'}", "--steps=7",
-                     "--num_samples=3", "--note=test"])
+                     "--num_samples=3", "--sampler=projection", "--eta=0.5",
+                     "--t_start=0.6", "--note=test"])
   manifest = pretrained.verify(dst)
   assert (manifest["step"], manifest["images_seen"], manifest["note"]) == (12, 96, "test")
   assert manifest["metrics"]["sr/score"] == 0.3
   shipped = pretrained.load_config(dst)
-  assert (shipped.sampling.steps, shipped.sampling.num_samples) == (7, 3)
+  assert (shipped.sampling.steps, shipped.sampling.num_samples, shipped.sampling.sampler,
+          shipped.sampling.eta, shipped.sampling.t_start) == (7, 3, "projection", 0.5, 0.6)
   assert shipped.model.to_dict() == pretrained.load_config(src).model.to_dict()
   jax.tree.map(np.testing.assert_array_equal, pretrained.load_params(dst),
                pretrained.load_params(src))
@@ -264,6 +266,10 @@ def test_export_prior_sets_sampling_defaults_and_keeps_the_selection(tmp_path, c
     module.main([f"--src={src}", f"--dst={tmp_path / 'ship2'}"])
   assert e.value.code == 2 and "manifest says" in capsys.readouterr().err
   assert not (tmp_path / "ship2").exists()
+  with pytest.raises(SystemExit) as e:
+    module.main([f"--src={dst}", f"--dst={tmp_path / 'ship3'}", "--t_start=0"])
+  assert e.value.code == 2 and "--t_start=0.0 is out of range" in capsys.readouterr().err
+  assert not (tmp_path / "ship3").exists()
 
 
 def test_scripts_default_to_the_checkpoints_sampling_config(checkpoint):
