@@ -7,7 +7,8 @@
 The source (a work dir's best/, `vdm_mri.pretrained` format) is verified (SHA-256) and its
 parameters checked against its config; the copy gets the given `config.sampling` fields (steps,
 num_samples, sampler, eta, t_start: the defaults `python -m vdm_mri.sample` uses) and a new
-manifest that keeps the source's step, images seen and selection metrics, plus `--note`. Bad input: one line, exit 2.
+manifest that keeps the source's step, images seen and selection metrics, plus `--note`.
+Bad input: one line, exit 2.
 """
 
 from __future__ import annotations
