@@ -8,16 +8,19 @@ _common.pick_slices) at every `--sizes` low-res matrix, noise-free:
 
     python experiments/sampler_compare.py --outdir=experiments/results/samplers
 
-Writes samplers.csv (set, lowres, setting, sampler, steps, k, eta, t_start, nfe, psnr, ssim,
+`--append` adds the settings to the comparison already in --outdir (same checkpoint and slices;
+a setting run again replaces its rows). Writes samplers.csv (set, lowres, setting, sampler, steps, k, eta, t_start, nfe, psnr, ssim,
 psnr_gain, ssim_gain, coverage, corr; coverage = P(|mean - gt| ≤ 2·std) and corr = r(std,
 |mean - gt|) over head pixels, blank for K = 1), samplers.json (with the settings and subsets),
-and samplers.png (PSNR gain over zero-filling against network evaluations, one panel per set and
-size, one line per sampler family).
+samplers.png (PSNR gain over zero-filling against network evaluations, one panel per set and
+size, one line per sampler family) and samplers.md (the table of the results document: per
+setting the PSNR / SSIM gain in every case, their mean and the mean ±2σ coverage, by cost).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import pathlib
 import time
 
@@ -114,12 +117,50 @@ def figure(rows: list[dict]):
   return _plot.hstack(panels)
 
 
+def table(rows: list[dict]) -> str:
+  """Markdown: one row per setting, most expensive first, best mean PSNR gain first."""
+  cases = list(dict.fromkeys((r["set"], r["lowres"]) for r in rows))
+  by_setting: dict[str, dict] = {}
+  for r in rows:
+    by_setting.setdefault(r["setting"], {})[(r["set"], r["lowres"])] = r
+  lines = ["| setting (sampler:steps:K:η:t₀) | NFE | " + " | ".join(
+      f"{name} {size}" for name, size in cases) + " | mean PSNR gain | coverage (head, mean) |",
+           "|" + " --- |" * (len(cases) + 4)]
+  entries = []
+  for name, got in by_setting.items():
+    if set(got) != set(cases):
+      continue  # not run on every case
+    gains = [got[c]["psnr_gain"] for c in cases]
+    coverage = [got[c]["coverage"] for c in cases if got[c]["coverage"] != ""]
+    cells = " | ".join(f"{got[c]['psnr_gain']:+.2f} / {got[c]['ssim_gain']:+.3f}" for c in cases)
+    entries.append((-got[cases[0]]["nfe"], -np.mean(gains), (
+        f"| {name} | {got[cases[0]]['nfe']} | {cells} | {np.mean(gains):+.3f} | "
+        + (f"{np.mean(coverage):.2f}" if coverage else "–") + " |")))
+  return "\n".join(lines + [line for *_, line in sorted(entries)]) + "\n"
+
+
+def previous_rows(outdir: pathlib.Path, checkpoint: str, subsets: dict, settings) -> list[dict]:
+  """The rows of the comparison in `outdir` that `settings` do not recompute; the checkpoint and
+  the slice subsets must be the same."""
+  path = outdir / "samplers.json"
+  if not path.exists():
+    raise _common.sr_io.InputError(f"--append: no {path}")
+  old = json.loads(path.read_text())
+  if old["checkpoint"] != checkpoint or old["subsets"] != subsets:
+    raise _common.sr_io.InputError(f"--append: {path} was run with another checkpoint or slices "
+                                   f"({old['checkpoint']})")
+  names = {s.name for s in settings}
+  return [r for r in old["rows"] if r["setting"] not in names]
+
+
 def main(argv=None):
   p = _common.parser(__doc__.splitlines()[0], steps=10, quick_steps=2)
   p.add_argument("--sizes", default="64x64,32x32", help="low-res matrices")
   p.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
                  help="comma-separated sampler:steps:K[:eta[:t_start]]")
   p.add_argument("--per_subject", type=int, default=1, help="slices per subject")
+  p.add_argument("--append", action="store_true",
+                 help="add to the comparison in --outdir instead of replacing it")
   args = p.parse_args(argv)
   with _common.exit_on_bad_input():
     settings = [parse_setting(t) for t in args.settings.split(",") if t.strip()]
@@ -127,11 +168,18 @@ def main(argv=None):
     sets = _common.load_sets(args)
   if args.quick:
     settings = [dataclasses.replace(s, steps=min(s.steps, 2), k=min(s.k, 2)) for s in settings[:3]]
-  rows, subsets = [], {}
+  outdir = pathlib.Path(args.outdir)
+  checkpoint = _common.display_path(_common.sample.resolve_workdir(args.checkpoint))
+  picked = {name: _common.pick_slices(subjects, args.per_subject, 2 if args.quick else None)
+            for name, (_, _, subjects) in sets.items()}
+  subsets = {name: {"data": str(sets[name][0]), "slices": idx.tolist()}
+             for name, idx in picked.items()}
+  with _common.exit_on_bad_input():
+    kept = previous_rows(outdir, checkpoint, subsets, settings) if args.append else []
+  rows = []
   for set_name, (path, images, subjects) in sets.items():
-    idx = _common.pick_slices(subjects, args.per_subject, 2 if args.quick else None)
+    idx = picked[set_name]
     x, subj = images[idx], subjects[idx]
-    subsets[set_name] = {"data": str(path), "slices": idx.tolist()}
     for size in args.sizes.split(","):
       y0 = _common.measure(x, _common.parse_size(size), 0.0, jax.random.key(args.seed))
       zf = _common.scores(x, _common.baseline_images(y0, x.shape[1:])["zero-fill"], subj)
@@ -146,14 +194,14 @@ def main(argv=None):
               f"{row['psnr']:.2f} dB ({row['psnr_gain']:+.2f}), SSIM {row['ssim']:.4f} "
               f"({row['ssim_gain']:+.4f}), coverage {row['coverage'] or '-'}", flush=True)
   order = ["set", "lowres", "family"]
-  rows = [{**{k: r[k] for k in order}, **{k: v for k, v in r.items() if k not in order}}
-          for r in rows]
-  outdir = pathlib.Path(args.outdir)
+  rows = kept + [{**{k: r[k] for k in order}, **{k: v for k, v in r.items() if k not in order}}
+                 for r in rows]
   _common.write_csv(outdir / "samplers.csv", rows)
   _common.write_json(outdir / "samplers.json", {
-      "settings": [s.name for s in settings], "per_subject": args.per_subject,
-      "checkpoint": _common.display_path(_common.sample.resolve_workdir(args.checkpoint)),
-      "subsets": subsets, "rows": rows})
+      "settings": list(dict.fromkeys(r["setting"] for r in rows)),
+      "per_subject": args.per_subject, "checkpoint": checkpoint, "subsets": subsets,
+      "rows": rows})
+  _common.write_text(outdir / "samplers.md", table(rows))
   print(f"wrote {figures.save_png(figure(rows), outdir / 'samplers.png')}")
   return rows
 

@@ -304,6 +304,18 @@ def test_sampler_comparison_reports_cost_quality_and_calibration(checkpoint, tmp
   with open(tmp_path / "samplers.csv") as f:
     assert len(list(csv.DictReader(f))) == len(rows)
   assert Image.open(tmp_path / "samplers.png").size[0] > 0
+  assert (tmp_path / "samplers.md").read_text().count("\n| paper:2:2:") == 1
+  # --append keeps the other settings' rows and replaces a setting that is run again
+  more = _run("sampler_compare", checkpoint, tmp_path, "--settings=paper:1:2,paper:2:2",
+              "--append")
+  again = [r for r in rows if r["setting"] == "paper:2:2:0.85:1"]
+  assert {r["setting"] for r in more} == {r["setting"] for r in rows} | {"paper:1:2:0.85:1"}
+  assert len(more) == len(rows) + 2
+  assert [r["psnr"] for r in more if r["setting"] == "paper:2:2:0.85:1"] == [
+      r["psnr"] for r in again]  # the same keys: the same result
+  with pytest.raises(SystemExit) as e:
+    _run("sampler_compare", checkpoint, tmp_path / "none", "--settings=paper:1:2", "--append")
+  assert e.value.code == 2
   with pytest.raises(SystemExit) as e:
     _run("sampler_compare", checkpoint, tmp_path / "bad", "--settings=ddpm:2:2")
   assert e.value.code == 2 and not (tmp_path / "bad").exists()
