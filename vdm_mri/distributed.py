@@ -142,3 +142,17 @@ def gather_rows(local, n: int, per: int):
   padded[:len(local)] = local
   gathered = np.asarray(multihost_utils.process_allgather(padded))  # [count, per, …]
   return gathered.reshape(-1, *local.shape[1:])[:n]
+
+
+def make_global_batch(local, sharding):
+  """Per-process host arrays (pytree) -> global jax.Arrays sharded by `sharding`."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+
+
+def host_copy(tree):
+  """Numpy copies of replicated arrays, also of arrays that span other processes' devices
+  (process 0 samples the grids and the SR validation on its own devices)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  return jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), tree)

@@ -46,6 +46,7 @@ the Hermitian part of ŷ on paired samples and ŷ itself on unpaired ones.
 
 import math
 import numbers
+import re
 
 import jax
 import jax.numpy as jnp
@@ -241,3 +242,17 @@ def residual(x, y0):
   r = crop(fft2c(x), y0.shape[-2:]) - y0  # [..., h, w] complex64
   norm = lambda k: jnp.sqrt(jnp.sum(jnp.abs(k) ** 2, axis=_AXES))
   return norm(r) / norm(y0)
+
+
+def parse_size(text) -> tuple[int, int]:
+  """A low-res matrix h×w written as text: '32x32' / '64x128' / '32' (square) -> (h, w).
+  Raises ValueError for anything else (the inverse of `size_name`)."""
+  m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text or "")
+  if not m or int(m.group(1)) < 1 or int(m.group(2) or m.group(1)) < 1:
+    raise ValueError(f"must look like 32x32 (positive h x w), got {text!r}")
+  return int(m.group(1)), int(m.group(2) or m.group(1))
+
+
+def size_name(shape) -> str:
+  """(h, w) -> 'hxw', e.g. '32x32'."""
+  return f"{shape[0]}x{shape[1]}"

@@ -18,6 +18,8 @@ API:
   open_split(split, data_dir=None, *, name=None) -> source   TFDS build, else *_train/_val.npz
   find_datasets(paths="") -> [DataSet(name, train, validation)]   several sets (comma list)
   parse_weights(text, num_sets) -> mixing weights | None     "0.7,0.3" (train_iterator weights=)
+  validation_files(paths=None) -> [Path]     --data, else the shared validation sets, else the
+                                              bundled sample (the experiments' default)
   ArraySource(slices_or_images, subject=None, slice_index=None)   in-memory source
   train_iterator(source, *, global_batch, seed, process_index=None, process_count=None,
                  num_epochs=None, num_threads=4, weights=None) -> grain.DatasetIterator
@@ -43,6 +45,8 @@ from vdm_mri.data.loader import default_data_dir
 from vdm_mri.data.loader import eval_batches
 from vdm_mri.data.loader import open_split
 from vdm_mri.data.loader import train_iterator
+from vdm_mri.data.loader import validation_files
+from vdm_mri.data.loader import NO_DATA
 from vdm_mri.data.slices import DataError
 from vdm_mri.data.slices import QUANT_MAX
 from vdm_mri.data.slices import read_npz
@@ -53,5 +57,5 @@ from vdm_mri.data.sources import read_sources
 __all__ = [
     "ArraySource", "DataSet", "find_datasets", "parse_weights", "checkpoint_args", "default_data_dir", "eval_batches", "open_split",
     "train_iterator", "DataError", "QUANT_MAX", "read_npz", "Slices", "split_by_subject",
-    "read_sources",
+    "read_sources", "validation_files", "NO_DATA",
 ]

@@ -22,6 +22,11 @@ from vdm_mri.data.slices import DataError, QUANT_MAX, Slices
 SPLITS = {"train": ("train",), "validation": ("val", "validation")}
 PREPARE_HINT = ("prepare data with: python -m vdm_mri.data.prepare --source=<slice .npz files or "
                 "a folder of NIfTI volumes> --data_dir={data_dir}")
+NO_DATA = ("no data path given (config.data.path, --data_dir, --data) and no <repo>/../shared/data; "
+           + PREPARE_HINT.format(data_dir="DIR") + ", then pass --data_dir=DIR")
+"""The one message for "no data anywhere" (training, the experiments)."""
+VALIDATION_FILES = ("brain_t1w_val.npz", "brain_t1w_skull_val.npz")
+"""The validation sets in the shared data dir, skull-stripped first."""
 
 
 class ArraySource:
@@ -62,10 +67,10 @@ def open_split(split: str = "train", data_dir=None, *, name: str | None = None):
   if split not in SPLITS:
     raise DataError(f"unknown split {split!r}; use one of {sorted(SPLITS)}")
   data_dir = default_data_dir() if data_dir is None else pathlib.Path(data_dir)
-  if data_dir is None or not data_dir.is_dir():
-    where = f"data directory {data_dir} does not exist" if data_dir else (
-        "no data_dir given and no <repo>/../shared/data")
-    raise DataError(f"{where}; "
+  if data_dir is None:
+    raise DataError(NO_DATA)
+  if not data_dir.is_dir():
+    raise DataError(f"data directory {data_dir} does not exist; "
                     + PREPARE_HINT.format(data_dir="<dir>"))
   builds = _find_builds(data_dir, name)
   if len(builds) > 1:
@@ -81,6 +86,16 @@ def open_split(split: str = "train", data_dir=None, *, name: str | None = None):
   raise DataError(f"{data_dir}: no brain MR data for split {split!r} (no TFDS build "
                   "brain_mri/<config>/<version>/, no *_train.npz / *_val.npz); "
                   + PREPARE_HINT.format(data_dir=data_dir))
+
+
+def validation_files(paths: str | None = None) -> list[pathlib.Path]:
+  """Slice files to validate on: `paths` (comma-separated), else the shared validation sets
+  (VALIDATION_FILES in `default_data_dir()`) that exist, else the bundled 16-slice sample."""
+  if paths:
+    return [pathlib.Path(part.strip()) for part in paths.split(",") if part.strip()]
+  shared = default_data_dir()
+  found = [shared / name for name in VALIDATION_FILES] if shared is not None else []
+  return [p for p in found if p.exists()] or [vdm_mri.SAMPLE_DATA]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,8 +121,7 @@ def find_datasets(paths: str | Sequence[str] = "") -> list[DataSet]:
   if not entries:
     default = default_data_dir()
     if default is None:
-      raise DataError("no data path given and no <repo>/../shared/data; "
-                      + PREPARE_HINT.format(data_dir="<dir>"))
+      raise DataError(NO_DATA)
     entries = [str(default)]
   sets = []
   for entry in entries:

@@ -27,8 +27,7 @@ import numpy as np
 from vdm_mri.data import slices as slices_lib
 from vdm_mri.data.slices import DataError, Slices
 
-FOREGROUND_FRACTION = 0.05
-NORM_PERCENTILE = 99.5
+FOREGROUND_FRACTION, NORM_PERCENTILE = slices_lib.FOREGROUND_FRACTION, slices_lib.NORM_PERCENTILE
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
 
@@ -77,11 +76,7 @@ def load_volume(path: pathlib.Path) -> tuple[np.ndarray, np.ndarray]:
 def volume_to_slices(data: np.ndarray, zooms: np.ndarray, *, matrix: int, fov_mm: float | None,
                      name: str) -> tuple[np.ndarray, np.ndarray, int]:
   """RAS volume -> (kept slices float32 [K, m, m] in [0, 1], their z indices [K], number dropped)."""
-  robust_max = np.percentile(data, 99.9)
-  if not robust_max > 0:
-    raise DataError(f"{name}: volume has no signal (99.9th percentile {robust_max:.4g})")
-  foreground = data > FOREGROUND_FRACTION * robust_max  # [X, Y, Z]
-  scale = np.percentile(data[foreground], NORM_PERCENTILE)
+  scale, foreground = slices_lib.normalisation(data, name)  # foreground [X, Y, Z]
   xs = np.flatnonzero(foreground.any(axis=(1, 2)))
   ys = np.flatnonzero(foreground.any(axis=(0, 2)))
   extent = np.array([(xs[-1] + 1 - xs[0]) * zooms[0], (ys[-1] + 1 - ys[0]) * zooms[1]])

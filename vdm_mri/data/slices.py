@@ -9,7 +9,9 @@ A slice set is three aligned arrays (the layout of `brain_t1w_{train,val}.npz`):
 | `slice_index` | [N] int64              | axial index in the subject's (RAS) volume       |
 
 This module reads and validates `.npz` slice files, holds the shared processing rules
-(12-bit quantisation, the near-empty-slice rule, exact area resampling) and splits by subject.
+(12-bit quantisation, the near-empty-slice rule, exact area resampling, the per-volume
+intensity normalisation that the data pipeline and the super-resolution of a user's volume
+share) and splits by subject.
 """
 
 from __future__ import annotations
@@ -28,10 +30,27 @@ MIN_LEVEL = 0.1
 MIN_AREA = 0.05
 """A slice is dropped when fewer than MIN_AREA of its pixels are above MIN_LEVEL."""
 REQUIRED_KEYS = ("images", "subject", "slice_index")
+FOREGROUND_FRACTION = 0.05
+NORM_PERCENTILE = 99.5
+"""Normalisation: a volume is divided by the NORM_PERCENTILE-th percentile of its foreground,
+the values above FOREGROUND_FRACTION · (its 99.9th percentile)."""
 
 
 class DataError(ValueError):
   """Bad input data. The message names the file (or array) and the problem."""
+
+
+def normalisation(values: np.ndarray, name: str) -> tuple[np.floating, np.ndarray]:
+  """(scale s, foreground mask) of one volume's magnitudes (any shape): the training data are
+  x / s clipped to [0, 1] (nifti.py); a user's volume is normalised by the same rule applied to
+  its low-res magnitude (api.volume_scales). Raises DataError naming `name` when the volume has
+  no signal."""
+  values = np.asarray(values)
+  robust_max = np.percentile(values, 99.9)
+  if not robust_max > 0:
+    raise DataError(f"{name}: no signal to normalise (99.9th percentile {robust_max:.4g})")
+  foreground = values > FOREGROUND_FRACTION * robust_max
+  return np.percentile(values[foreground], NORM_PERCENTILE), foreground
 
 
 @dataclasses.dataclass(frozen=True)
