@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import vdm_mri
-from vdm_mri import data, kspace, sample, sampling, sr_io
+from vdm_mri import data, kspace, sampling, workdir
 from vdm_mri import model as model_lib
 
 # benchmarks/_bench.py
@@ -45,7 +45,7 @@ def main():
   fp32, bf16 = load_config(args.config, "float32"), load_config(args.config, "bfloat16")
   vdm_model = model_lib.from_config(fp32)
   if args.checkpoint:
-    params = sr_io.load_params(sample.resolve_workdir(args.checkpoint), vdm_model)
+    params = workdir.load_params(workdir.resolve(args.checkpoint), vdm_model)
   else:  # init + noise: a fresh network is the identity (its last conv starts at zero)
     params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(1), p.shape),
                           vdm_model.init(jax.random.key(0)))

@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 # benchmarks/_bench.py
 from _bench import flops_of, memory_line, throughput_line, load_config
 from vdm_mri import model as model_lib
-from vdm_mri import train
+from vdm_mri import sampling, train
 
 
 def main():
@@ -56,13 +56,13 @@ def main():
     step = train.jit_train_step(mesh, model, optimizer, config.loss.num_steps)
     return step.lower(*placed(mesh)).compile()
 
-  mesh = train.make_mesh(jax.devices())
+  mesh = sampling.make_mesh(jax.devices())
   if batch_size % mesh.size:
     raise SystemExit(f"batch_size {batch_size} is not divisible by {mesh.size} devices")
   start = time.perf_counter()
   step = compiled_step(mesh)
   compile_s = time.perf_counter() - start
-  one_device = step if mesh.size == 1 else compiled_step(train.make_mesh(jax.devices()[:1]))
+  one_device = step if mesh.size == 1 else compiled_step(sampling.make_mesh(jax.devices()[:1]))
   flops = flops_of(one_device)
   run_state, batch = placed(mesh)
   start = time.perf_counter()

@@ -13,22 +13,23 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 import pathlib
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-import vdm_mri
-from vdm_mri import atomic, baselines, data, kspace, metrics, sample, sampling, sr_io, validation
+from vdm_mri import (api, atomic, baselines, data, kspace, metrics, sampling, validation,
+                     workdir)
+from vdm_mri import sr_io  # noqa: F401  (sampler_compare raises _common.sr_io.InputError)
 from vdm_mri import model as model_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-SHARED_VALS = (SHARED_DATA / "brain_t1w_val.npz", SHARED_DATA / "brain_t1w_skull_val.npz")
 
 
 def parser(description: str, *, steps: int | None = None,
@@ -70,45 +71,39 @@ def num_steps(args) -> int:
     return args.quick_steps
   if args.default_steps is not None:
     return args.default_steps
-  return int(args.checkpoint_sampling["steps"])
+  return args.checkpoint_sampling.steps
 
 
 def sampling_kwargs(args) -> dict:
-  """Keyword arguments of sampling.posterior_samples from the flags over config.sampling."""
-  cfg = args.checkpoint_sampling
-  pick = lambda name: getattr(args, name, None) if getattr(args, name, None) is not None else (
-      cfg[name])
-  return {"num_steps": num_steps(args), "num_samples": int(pick("num_samples")),
-          "lam": float(pick("lam")), "sampler": str(pick("sampler")), "eta": float(pick("eta")),
-          "t_start": float(pick("t_start"))}
+  """Keyword arguments of sampling.posterior_samples from the flags over config.sampling
+  (api.SamplingOptions); batch size and final projection are the script's own."""
+  flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(api.SamplingOptions)
+           if f.name not in ("steps", "batch_size", "final_projection")}
+  opts = args.checkpoint_sampling.replace(**flags, steps=num_steps(args)).posterior_kwargs()
+  return {k: v for k, v in opts.items() if k not in ("batch_size", "final_projection")}
 
 
 @contextlib.contextmanager
 def exit_on_bad_input():
-  """InputError / DataError / ValueError from loading -> one line on stderr, exit code 2."""
+  """InputError / CheckpointError / DataError from loading -> one line on stderr, exit code 2."""
   try:
     yield
-  except (sr_io.InputError, data.DataError, FileNotFoundError) as e:
+  except (api.InputError, workdir.CheckpointError, data.DataError, FileNotFoundError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
 
 
 def load_model(args):
-  """(model.VDM, EMA params) from --checkpoint (and --config)."""
-  workdir = sample.resolve_workdir(args.checkpoint)
+  """(model.VDM, EMA params) from --checkpoint (and --config); the prior's sampling defaults
+  go to args.checkpoint_sampling (api.SamplingOptions)."""
   config = model_lib.load_config_file(args.config) if args.config else None
-  config = sr_io.load_config(workdir, config)
-  vdm_model = model_lib.from_config(config)
-  args.checkpoint_sampling = {**sample.SAMPLING_DEFAULTS, **dict(config.sampling)}
-  return vdm_model, sr_io.load_params(workdir, vdm_model)
+  prior = api.load_prior(args.checkpoint, config)
+  args.checkpoint_sampling = prior.options
+  return prior.model, prior.params
 
 
-def data_paths(flag: str | None) -> list[pathlib.Path]:
-  """The .npz files of --data, else the shared validation sets that exist (stripped first),
-  else the bundled sample."""
-  if flag:
-    return [pathlib.Path(part) for part in flag.split(",") if part.strip()]
-  return [p for p in SHARED_VALS if p.exists()] or [vdm_mri.SAMPLE_DATA]
+data_paths = data.validation_files  # --data, else the shared validation sets, else the sample
+sample = types.SimpleNamespace(resolve_workdir=workdir.resolve)  # sampler_compare's old name
 
 
 def set_name(path) -> str:
@@ -130,7 +125,7 @@ def load_sets(args) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
   for path in data_paths(args.data):
     name = set_name(path)
     if name in sets:
-      raise sr_io.InputError(f"--data: two files give the set name {name!r} "
+      raise api.InputError(f"--data: two files give the set name {name!r} "
                               f"({sets[name][0]} and {path})")
     slices = data.read_npz(path)
     images = slices.images.astype(np.float32) / data.QUANT_MAX
@@ -143,9 +138,7 @@ def load_sets(args) -> dict[str, tuple[str, np.ndarray, np.ndarray]]:
 pick_slices = validation.pick_slices  # the fixed, stated subset that training validates on
 
 
-def parse_size(text: str) -> tuple[int, int]:
-  h, _, w = text.partition("x")
-  return int(h), int(w or h)
+parse_size = kspace.parse_size  # "32x32" -> (32, 32)
 
 
 def baseline_images(y0, full_shape) -> dict[str, np.ndarray]:

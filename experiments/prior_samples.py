@@ -59,7 +59,7 @@ def main(argv=None):
   png = figures.save_png(figures.grid({f"prior, {steps} steps": samples, "validation": real}),
                          outdir / f"prior_{steps}.png")
   print(f"wrote {png}")
-  report = {"checkpoint": _common.display_path(_common.sample.resolve_workdir(args.checkpoint)),
+  report = {"checkpoint": _common.display_path(_common.workdir.resolve(args.checkpoint)),
             "steps": steps, "num": args.num, "seed": args.seed,
             "samples": image_stats(samples), "validation": image_stats(real)}
   for k in ("samples", "validation"):

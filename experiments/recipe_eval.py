@@ -56,7 +56,7 @@ def main(argv=None):
     for part in args.runs.split(","):
       name, sep, path = part.partition("=")
       if not sep or not name or not path:
-        raise _common.sr_io.InputError(f"--runs: {part!r} is not NAME=DIR")
+        raise _common.api.InputError(f"--runs: {part!r} is not NAME=DIR")
       runs.append((name, pathlib.Path(path)))
     sets = _common.load_sets(args)
     picked = {n: (imgs[_common.pick_slices(subj, args.per_subject)],

@@ -19,7 +19,8 @@ import pytest
 
 import vdm_mri
 from conftest import REPO
-from vdm_mri import distributed, sample, sr_io
+from vdm_mri import distributed, sample
+from vdm_mri import workdir as workdir_lib
 from vdm_mri import model as model_lib
 
 TIMEOUT_S = 420
@@ -154,8 +155,8 @@ def _logged(workdir, name: str) -> dict:
 
 
 def _ema_params(workdir):
-  model = model_lib.from_config(sr_io.load_config(workdir, None))
-  return sr_io.load_params(workdir, model)
+  model = model_lib.from_config(workdir_lib.load_config(workdir))
+  return workdir_lib.load_params(workdir, model)
 
 
 @pytest.fixture(scope="module")

@@ -54,7 +54,7 @@ def _run(script, checkpoint, outdir, *extra, data=vdm_mri.SAMPLE_DATA):
 def test_data_sets_default_to_the_shared_files_and_are_named_by_stem(tmp_path, monkeypatch):
   import _common
   stripped, skull = tmp_path / "brain_t1w_val.npz", tmp_path / "brain_t1w_skull_val.npz"
-  monkeypatch.setattr(_common, "SHARED_VALS", (stripped, skull))
+  monkeypatch.setattr(vdm_mri.data.loader, "default_data_dir", lambda: tmp_path)
   assert _common.data_paths(None) == [vdm_mri.SAMPLE_DATA]
   skull.write_bytes(b"")
   assert _common.data_paths(None) == [skull]

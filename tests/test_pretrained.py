@@ -13,7 +13,7 @@ import pytest
 
 import vdm_mri
 from conftest import REPO, load_config
-from vdm_mri import pretrained, sample
+from vdm_mri import pretrained, workdir
 from vdm_mri import model as model_lib
 
 
@@ -89,7 +89,7 @@ def test_params_that_do_not_fit_the_config_are_refused(exported):
 # The shipped prior.
 # --------------------------------------------------------------------------------------------
 def test_shipped_prior_verifies_and_matches_its_config():
-  assert sample.DEFAULT_CHECKPOINT == str(pretrained.DEFAULT)
+  assert workdir.DEFAULT == pretrained.DEFAULT  # what loads when no path is given
   manifest = pretrained.verify(pretrained.DEFAULT)
   assert (pretrained.DEFAULT / pretrained.PARAMS_FILE).stat().st_size <= 24 * 2**20
   config = pretrained.load_config(pretrained.DEFAULT)

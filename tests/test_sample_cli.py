@@ -13,6 +13,7 @@ from PIL import Image
 import vdm_mri
 from conftest import REPO, load_config
 from vdm_mri import baselines, data, kspace, sample, train
+from vdm_mri import workdir as workdir_lib
 from vdm_mri import model as model_lib
 
 STEPS = ["--steps=2", "--num_samples=2", "--batch_size=8"]
@@ -35,8 +36,8 @@ def workdir(tmp_path_factory):
   state = train.create_train_state(model, tx, jax.random.key(0))
   iterator = data.train_iterator(data.ArraySource(np.zeros((8, 128, 128), np.uint16)),
                                  global_batch=8, seed=0)
-  mngr = train.checkpoint_manager(workdir / "checkpoints", keep=1)
-  train.save_checkpoint(mngr, state, iterator)
+  mngr = workdir_lib.checkpoint_manager(workdir / "checkpoints", keep=1)
+  workdir_lib.save_checkpoint(mngr, state, iterator)
   mngr.wait_until_finished()
   mngr.close()
   (workdir / "config.json").write_text(config.to_json_best_effort())
@@ -134,7 +135,7 @@ def test_nifti_in_nifti_out(workdir, tmp_path):
 
 
 def test_without_checkpoint_or_shipped_prior_exits_2(tmp_path, capsys, monkeypatch):
-  monkeypatch.setattr(sample, "DEFAULT_CHECKPOINT", None)  # an install without the prior
+  monkeypatch.setattr(workdir_lib, "DEFAULT", None)  # an install without the prior
   assert _run("--simulate", "--lowres=32", f"--output={tmp_path / 'sr.npz'}") == 2
   lines = capsys.readouterr().err.strip().splitlines()
   assert len(lines) == 1 and "no bundled pretrained model" in lines[0]
@@ -211,7 +212,7 @@ def _write_inputs(d: pathlib.Path, workdir: pathlib.Path) -> dict:
 
 def test_bad_inputs_exit_2_with_one_line_and_write_nothing(workdir, tmp_path, capsys,
                                                           monkeypatch):
-  monkeypatch.setattr(sample, "DEFAULT_CHECKPOINT", None)  # for the "no checkpoint" case
+  monkeypatch.setattr(workdir_lib, "DEFAULT", None)  # for the "no checkpoint" case
   cases = _write_inputs(tmp_path, workdir)
   out = tmp_path / "out" / "sr.npz"
   for name, (args, message) in cases.items():

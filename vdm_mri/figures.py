@@ -32,6 +32,20 @@ def grid(rows: dict[str, np.ndarray], hi: float = 1.0, pad: int = 2,
   return canvas
 
 
+def panel_row(panels: dict[str, np.ndarray], hi: float, std_hi: float) -> Image.Image:
+  """One row of labelled H×W grey panels ({label: image}); the "std" panel has its own window."""
+  label_h = 14
+  images = [to_uint8(p, max(std_hi if name == "std" else hi, 1e-12))
+            for name, p in panels.items()]
+  H, W = images[0].shape
+  canvas = Image.new("L", (W * len(images), H + label_h), 0)
+  draw = ImageDraw.Draw(canvas)
+  for j, (name, im) in enumerate(zip(panels, images)):
+    canvas.paste(Image.fromarray(im), (j * W, label_h))
+    draw.text((j * W + 2, 1), name, fill=255)
+  return canvas
+
+
 def save_png(image: Image.Image, path) -> pathlib.Path:
   """Write `image` to `path` atomically: a reader never sees a half-written file."""
   return atomic.write_with(path, lambda f: image.save(f, format="PNG"))

@@ -1,4 +1,4 @@
-"""Super-resolution inputs and outputs: checkpoints, low-resolution data in, result files out.
+"""The super-resolution command's files: low-resolution data in, result files out.
 
 Readers turn every kind of input into a `Problem` (the measurement ŷ₀ [N, h, w] in the input's
 intensity scale, volume ids, and the ground truth or NIfTI header where there is one); writers
@@ -9,111 +9,23 @@ stage every output in a temporary file beside its target and rename them all at 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gzip
 import json
 import math
 import os
 import pathlib
-import re
 import zipfile
 from typing import Callable
 
-import jax
 import jax.numpy as jnp
-import ml_collections
 import nibabel as nib
 import numpy as np
-import orbax.checkpoint as ocp
-from absl import logging
-from PIL import Image, ImageDraw
 
 import vdm_mri
-from vdm_mri import atomic, baselines, figures, kspace, pretrained
-from vdm_mri import model as model_lib
+from vdm_mri import atomic, baselines, figures, kspace
+from vdm_mri.api import InputError, check_fits as _fits, stack_slices as _stack, volume_ids
 from vdm_mri.data import nifti as nifti_lib
-
-
-class InputError(ValueError):
-  """Bad input, flags or checkpoint: a one-line message; the command exits with code 2."""
-
-
-# --------------------------------------------------------------------------------------------
-# Checkpoint and config.
-# --------------------------------------------------------------------------------------------
-def load_config(workdir: pathlib.Path, config) -> ml_collections.ConfigDict:
-  """--config if given, else the config.json of the work dir or params dir (verified)."""
-  if config is not None:
-    return config
-  if pretrained.is_params_dir(workdir):
-    try:
-      return pretrained.load_config(workdir)
-    except pretrained.PretrainedError as e:
-      raise InputError(str(e)) from e
-  path = workdir / "config.json"
-  if not path.is_file():
-    raise InputError(f"{path} not found; pass --config=configs/<the training config>.py")
-  try:
-    return ml_collections.ConfigDict(pretrained.tuples_from_json(json.loads(path.read_text())))
-  except (ValueError, TypeError) as e:
-    raise InputError(f"{path}: not a readable config ({e})") from e
-
-
-def latest_step(checkpoints: pathlib.Path) -> int:
-  steps = [int(p.name) for p in checkpoints.glob("*") if p.name.isdigit()
-           and (p / "state").is_dir()] if checkpoints.is_dir() else []
-  if not steps:
-    raise InputError(f"{checkpoints}: no Orbax checkpoint (expected checkpoints/<step>/state)")
-  return max(steps)
-
-
-def _param_mismatch(expected, found) -> str | None:
-  """First difference between two {path: shape} dicts, as text, or None."""
-  for path in sorted(set(expected) | set(found)):
-    if expected.get(path) != found.get(path):
-      return f"{path}: model {expected.get(path)} vs checkpoint {found.get(path)}"
-  return None
-
-
-@contextlib.contextmanager
-def _quiet_absl():
-  level = logging.get_verbosity()
-  logging.set_verbosity(logging.ERROR)
-  try:
-    yield
-  finally:
-    logging.set_verbosity(level)
-
-
-def load_params(workdir: pathlib.Path, model: model_lib.VDM):
-  """The EMA parameters of a params dir (verified checksums), or of a work dir's latest
-  checkpoint; checked against the model's shapes."""
-  if pretrained.is_params_dir(workdir):
-    try:
-      return pretrained.load_params(workdir, model)
-    except pretrained.PretrainedError as e:
-      raise InputError(str(e)) from e
-  checkpoints = workdir / "checkpoints"
-  step = latest_step(checkpoints)
-  state_dir = checkpoints / str(step) / "state"
-  try:
-    with _quiet_absl():  # Orbax warns that the item dir has no step metadata: expected here
-      saved = ocp.PyTreeCheckpointer().metadata(state_dir).item_metadata["ema_params"]
-  except Exception as e:  # Orbax raises many types for unreadable checkpoints
-    raise InputError(f"{state_dir}: cannot read checkpoint metadata ({type(e).__name__}: "
-                     f"{e})".splitlines()[0]) from e
-  expected = model.abstract_params()
-  mismatch = _param_mismatch(pretrained.param_shapes(expected), pretrained.param_shapes(saved))
-  if mismatch:
-    raise InputError(f"checkpoint {state_dir} does not match the config: {mismatch}")
-  args = ocp.args.PyTreeRestore(
-      item={"ema_params": expected}, partial_restore=True,
-      restore_args={"ema_params": jax.tree.map(
-          lambda _: ocp.RestoreArgs(restore_type=np.ndarray), expected)})
-  with ocp.CheckpointManager(checkpoints.absolute()) as mngr:
-    restored = mngr.restore(step, args=ocp.args.Composite(state=args))
-  return restored.state["ema_params"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -125,34 +37,6 @@ class Problem:
   subject: np.ndarray  # [N] str: volume ids
   gt: np.ndarray | None = None  # [N, H, W] float32, with --simulate
   nifti: nib.Nifti1Image | None = None  # the RAS input volume (for the NIfTI output)
-
-
-def _stack(a: np.ndarray, name: str, *, kspace_data: bool) -> np.ndarray:
-  """Validate a 2D/3D image or k-space array -> [N, h, w] (complex64 or float32)."""
-  what = "k-space" if kspace_data else "magnitude images"
-  if a.dtype.kind == "c" and not kspace_data:
-    raise InputError(f"{name}: complex data where magnitude images are expected (pass complex "
-                     "k-space as .npy or under the .npz key 'kspace')")
-  if kspace_data and a.dtype.kind != "c":
-    raise InputError(f"{name}: k-space must be complex, got dtype {a.dtype}")
-  if a.dtype.kind not in "uifc":
-    raise InputError(f"{name}: {what} must be numeric, got dtype {a.dtype}")
-  if a.size == 0:
-    raise InputError(f"{name}: empty array, shape {a.shape}")
-  if not kspace_data and a.ndim == 4 and a.shape[-1] == 1:
-    a = a[..., 0]
-  if a.ndim not in (2, 3):
-    raise InputError(f"{name}: {what} must be [h, w] or [N, h, w], got shape {a.shape}")
-  a = a[None] if a.ndim == 2 else a
-  if not np.all(np.isfinite(a)):
-    raise InputError(f"{name}: {a.size - np.count_nonzero(np.isfinite(a))} NaN/Inf value(s)")
-  return a.astype(np.complex64 if kspace_data else np.float32)
-
-
-def _fits(shape, full_shape, name: str):
-  if shape[0] > full_shape[0] or shape[1] > full_shape[1]:
-    raise InputError(f"{name}: low-res size {shape[0]}x{shape[1]} is larger than the target "
-                     f"{full_shape[0]}x{full_shape[1]}")
 
 
 def _load_arrays(path: pathlib.Path) -> dict:
@@ -168,13 +52,7 @@ def _load_arrays(path: pathlib.Path) -> dict:
 
 
 def _subjects(arrays: dict, n: int, name: str) -> np.ndarray:
-  subject = arrays.get("subject")
-  if subject is None:
-    return np.full(n, "volume")
-  subject = np.asarray(subject).astype(str)
-  if subject.shape != (n,):
-    raise InputError(f"{name}: 'subject' must have one id per slice ({n}), got {subject.shape}")
-  return subject
+  return volume_ids(arrays.get("subject"), n, name)
 
 
 def read_arrays(path: pathlib.Path, full_shape) -> Problem:
@@ -273,11 +151,11 @@ def _existing(path: pathlib.Path) -> pathlib.Path:
 
 
 def parse_lowres(text: str | None) -> tuple[int, int]:
-  """'32x32' / '64x128' / '32' -> (h, w)."""
-  m = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text or "")
-  if not m or int(m.group(1)) < 1 or int(m.group(2) or m.group(1)) < 1:
-    raise InputError(f"--lowres must look like 32x32 (positive h x w), got {text!r}")
-  return int(m.group(1)), int(m.group(2) or m.group(1))
+  """--lowres '32x32' / '64x128' / '32' -> (h, w) (kspace.parse_size)."""
+  try:
+    return kspace.parse_size(text)
+  except ValueError as e:
+    raise InputError(f"--lowres {e}") from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,19 +228,6 @@ def nifti_output(volume: np.ndarray, source: nib.Nifti1Image) -> nib.Nifti1Image
   return image
 
 
-def png_panel(panels: dict[str, np.ndarray], hi: float, std_hi: float) -> Image.Image:
-  """One row of labelled H×W grey panels; the std panel has its own window."""
-  label_h = 14
-  images = [figures.to_uint8(p, max(std_hi if name == "std" else hi, 1e-12)) for name, p in panels.items()]
-  H, W = images[0].shape
-  canvas = Image.new("L", (W * len(images), H + label_h), 0)
-  draw = ImageDraw.Draw(canvas)
-  for j, (name, im) in enumerate(zip(panels, images)):
-    canvas.paste(Image.fromarray(im), (j * W, label_h))
-    draw.text((j * W + 2, 1), name, fill=255)
-  return canvas
-
-
 def stage_outputs(staged: Staged, paths: dict, out: dict, problem: Problem, report, save_samples):
   arrays = {k: v for k, v in out.items() if k != "samples" or save_samples}
   if problem.gt is not None:
@@ -384,5 +249,5 @@ def stage_outputs(staged: Staged, paths: dict, out: dict, problem: Problem, repo
     if problem.gt is not None:
       panels["ground truth"] = problem.gt[i]
     hi = np.percentile(problem.gt[i] if problem.gt is not None else out["mean"][i], 99.5)
-    image = png_panel(panels, hi, float(out["std"][i].max()))
+    image = figures.panel_row(panels, hi, float(out["std"][i].max()))
     staged.add(paths[f"png_{i}"], lambda f, im=image: im.save(f, format="PNG"))
