@@ -23,7 +23,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 import vdm_mri
 from conftest import REPO, load_config
-from vdm_mri import data, metric_writer, train
+from vdm_mri import data, metric_writer, sampling, train, validation
+from vdm_mri import workdir as workdir_lib
 from vdm_mri import model as model_lib
 
 NUM_STEPS = 4
@@ -82,7 +83,7 @@ def _hook_steps(monkeypatch, hook):
 
 
 def _replicated(tree):
-  return jax.device_put(tree, NamedSharding(train.make_mesh(jax.devices()), P()))
+  return jax.device_put(tree, NamedSharding(sampling.make_mesh(jax.devices()), P()))
 
 
 def _metrics(workdir):
@@ -189,12 +190,12 @@ def test_state_dir_continues_the_run_with_its_parameters_and_data_stream(data_di
   jax.tree.map(np.testing.assert_array_equal, seen[0][1], first.params)  # the raw parameters
   # The data stream goes on where it stopped: batches 3 and 4 of the run's own stream.
   config = _config(data_dir)
-  stream = data.train_iterator([s.train for s in train.open_data(config.data.path)],
+  stream = data.train_iterator([s.train for s in data.find_datasets(config.data.path)],
                                global_batch=8, seed=config.seed)
   expected = [next(stream)["image"] for _ in range(4)][2:]
   for (_, _, got), want in zip(seen, expected):
     np.testing.assert_array_equal(got, want)
-  record_file = json.loads((tmp_path / "b" / train.WARM_START_FILE).read_text())
+  record_file = json.loads((tmp_path / "b" / workdir_lib.WARM_START_FILE).read_text())
   assert record_file["data_seed"] == 0  # a resume of b reads the same stream
 
 
@@ -206,7 +207,7 @@ def test_same_update_on_one_and_eight_devices(reference, data_dir):
   results = []
   for devices in (jax.devices()[:1], jax.devices()):
     assert len(devices) in (1, 8)
-    mesh = train.make_mesh(devices)
+    mesh = sampling.make_mesh(devices)
     step = train.jit_train_step(mesh, model, optimizer, config.loss.num_steps)
     state = jax.device_put(reference[1], NamedSharding(mesh, P()))
     batch = {"image": jax.device_put(images.astype(np.float32), NamedSharding(mesh, P("data")))}
@@ -238,10 +239,10 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(reference, tmp_path, monk
   with pytest.raises(train.NonFiniteLoss, match="at step 3 .*last good checkpoint: step 2"):
     train.train_and_evaluate(config, tmp_path)
   assert _checkpoint_steps(tmp_path) == [2]  # step 4 was due, but follows the NaN
-  mngr = train.checkpoint_manager(tmp_path / "checkpoints", 3)
+  mngr = workdir_lib.checkpoint_manager(tmp_path / "checkpoints", 3)
   iterator = data.train_iterator(data.ArraySource(data.read_npz(vdm_mri.SAMPLE_DATA)),
                                  global_batch=8, seed=0)
-  restored = train.restore_checkpoint(mngr, _replicated(reference[1]), iterator)
+  restored = workdir_lib.restore_checkpoint(mngr, _replicated(reference[1]), iterator)
   mngr.close()
   assert int(restored.step) == 2
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(restored)))
@@ -250,7 +251,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(reference, tmp_path, monk
 
 
 def test_missing_data_is_a_one_line_error(tmp_path, monkeypatch):
-  monkeypatch.setattr(data, "default_data_dir", lambda: None)
+  monkeypatch.setattr(data.loader, "default_data_dir", lambda: None)
   with pytest.raises(data.DataError, match="python -m vdm_mri.data.prepare"):
     train.train_and_evaluate(_config(""), tmp_path / "run")
   assert not (tmp_path / "run").exists()
@@ -298,10 +299,10 @@ def test_parameterless_schedule_trains_state_and_checkpoints(tmp_path):
   state = _replicated(state)
   iterator = data.train_iterator(data.ArraySource(np.zeros((8, 4, 4), np.uint16)),
                                  global_batch=8, seed=0)
-  mngr = train.checkpoint_manager(tmp_path, 1)
-  train.save_checkpoint(mngr, state, iterator)
+  mngr = workdir_lib.checkpoint_manager(tmp_path, 1)
+  workdir_lib.save_checkpoint(mngr, state, iterator)
   mngr.wait_until_finished()
-  restored = train.restore_checkpoint(mngr, state, iterator)
+  restored = workdir_lib.restore_checkpoint(mngr, state, iterator)
   mngr.close()
   assert restored.params["gamma"] == {}
   assert jax.tree.structure(restored) == jax.tree.structure(state)
@@ -419,8 +420,8 @@ def test_evaluation_batches_span_the_whole_validation_set():
     seen.append(int(round(float(images[0, 0, 0, 0]) * 4095 / 100)))
     return {"bpd": jnp.sum(images[..., 0, 0, 0] * valid), "count": jnp.sum(valid)}
 
-  mesh = train.make_mesh(jax.devices()[:1])
-  train.evaluate(eval_fn, None, source, batch_size=8, num_batches=2, key=jax.random.key(0),
+  mesh = sampling.make_mesh(jax.devices()[:1])
+  validation.evaluate(eval_fn, None, source, batch_size=8, num_batches=2, key=jax.random.key(0),
                  sharding=NamedSharding(mesh, P("data")))
   assert seen == [0, 4]
 
@@ -467,7 +468,7 @@ def two_set_dir(data_dir, tmp_path_factory):
 
 
 def test_two_data_sets_sr_validation_and_best_params(two_set_dir, tmp_path, monkeypatch):
-  from vdm_mri import pretrained, sr_io, validation  # pylint: disable=g-import-not-at-top
+  from vdm_mri import pretrained  # pylint: disable=g-import-not-at-top
   scores = iter([0.5, -1.0, 0.75])  # the second validation is worse: best/ keeps step 2
   real_call = validation.SRValidation.__call__
 
@@ -504,17 +505,17 @@ def test_two_data_sets_sr_validation_and_best_params(two_set_dir, tmp_path, monk
   assert manifest["step"] == 2 and manifest["metrics"]["sr/score"] == 0.5
   assert manifest["images_seen"] == 16
   # The best dir is what `python -m vdm_mri.sample --checkpoint=...` and the package load.
-  model = model_lib.from_config(sr_io.load_config(best, None))
-  params = sr_io.load_params(best, model)
+  model = model_lib.from_config(workdir_lib.load_config(best))
+  params = workdir_lib.load_params(best, model)
   assert pretrained.param_shapes(params) == pretrained.param_shapes(model.abstract_params())
   # A restarted run continues to compare against the saved best score.
-  assert train.BestBySR(None, tmp_path, None, config).best == 0.5
+  assert validation.BestBySR(None, tmp_path, None, config).best == 0.5
   # Validating the last checkpoint (step 4, saved between validations) before training: better.
   state = train.train_and_evaluate(config, tmp_path, validate_first=True)
   assert int(state.step) == NUM_STEPS
   manifest = pretrained.verify(best)
   assert manifest["step"] == NUM_STEPS and manifest["metrics"]["sr/score"] == 0.75
-  params = sr_io.load_params(best, model)
+  params = workdir_lib.load_params(best, model)
 
   # Warm start of a new work dir from the best params: step and parameters carried over, a fresh
   # optimiser (its warm-up restarts), and training goes on from there.

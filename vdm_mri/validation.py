@@ -1,5 +1,10 @@
-"""Validation by the task: guided super-resolution of a fixed slice subset, scored against
-zero-filling.
+"""What training measures while it runs: held-out bits/dim, validation by the task (guided
+super-resolution of a fixed slice subset, scored against zero-filling), the best parameters by
+that score, the held-out denoising error per noise band, and sample grids.
+
+    evaluate(eval_fn, params, source, …)   # {"eval/bpd": …}: the bound on validation batches
+    BestBySR(sr, workdir, writer, config, bands)(step, model, params)   # logs; keeps best/
+    SampleGrid(model, images, key, cfg, workdir, writer)(step, params)  # samples/step_N.png
 
 Training selects its best checkpoint with this, not with bits/dim: a lower bound on the
 likelihood says little about the posterior mean the sampler returns. For every validation set,
@@ -18,12 +23,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import pathlib
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging
 
-from vdm_mri import baselines, kspace, metrics, sampling, schedule, vdm
+from vdm_mri import (baselines, data, distributed, figures, kspace, metrics, sampling, schedule,
+                     vdm, workdir)
+from vdm_mri.loop import Periodic
 
 
 def pick_slices(subjects: np.ndarray, per_subject: int, max_subjects: int | None = None):
@@ -37,10 +48,6 @@ def pick_slices(subjects: np.ndarray, per_subject: int, max_subjects: int | None
     centres = 0.2 + 0.6 * (np.arange(per_subject) + 0.5) / per_subject  # fractions of the stack
     picked += idx[np.unique((centres * len(idx)).astype(int))].tolist()
   return np.asarray(picked, np.int64)
-
-
-def lowres_name(shape) -> str:
-  return f"{shape[0]}x{shape[1]}"
 
 
 @dataclasses.dataclass
@@ -71,7 +78,7 @@ class SRValidation:
       for shape in lowres:
         y0 = kspace.measure(jnp.asarray(images), tuple(shape))
         zf = np.asarray(baselines.zero_fill(y0, images.shape[1:]))
-        self.cases.append(_Case(f"{set_name}/{lowres_name(shape)}", images,
+        self.cases.append(_Case(f"{set_name}/{kspace.size_name(shape)}", images,
                                 np.asarray(subjects), y0, _scores(images, zf, subjects)))
 
   def baseline_values(self) -> dict:
@@ -182,3 +189,159 @@ def _pad_rows(a, size: int):
   if len(a) >= size:
     return a
   return np.concatenate([a, np.zeros((size - len(a), *a.shape[1:]), a.dtype)])
+
+
+# --------------------------------------------------------------------------------------------
+# During training: bits/dim, SR validation and best/, sample grids.
+# --------------------------------------------------------------------------------------------
+def evaluate(eval_fn, params, source, *, batch_size: int, num_batches: int, key,
+             sharding) -> dict:
+  """Mean bits/dim (and terms) over `num_batches` validation batches spread evenly over the
+  ordered validation pass (so every subject is represented, not just the first), fixed keys.
+  `eval_fn(params, images, valid, key)` -> sums and "count" (train.eval_step, jitted)."""
+  local = batch_size // jax.process_count()
+  n_total = max(1, math.ceil(len(source) / batch_size))
+  wanted = set(np.linspace(0, n_total - 1, min(num_batches, n_total)).round().astype(int))
+  totals = None
+  for i, batch in enumerate(data.eval_batches(source, batch_size=local)):
+    if i > max(wanted):
+      break
+    if i not in wanted:
+      continue
+    images, valid = distributed.make_global_batch((batch["image"], batch["valid"]), sharding)
+    sums = eval_fn(params, images, valid, jax.random.fold_in(key, i))
+    totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
+  totals = jax.device_get(totals)
+  count = totals.pop("count")
+  return {f"eval/{k}": float(v / count) for k, v in totals.items()}
+
+
+def evaluate_sets(eval_fn, params, *, sets: dict, **kwargs) -> dict:
+  """`evaluate` on each validation set: 'eval/bpd', … for one set; 'eval/<name>/bpd', … and
+  their mean over sets as 'eval/bpd', … for several."""
+  if len(sets) == 1:
+    return evaluate(eval_fn, params, next(iter(sets.values())), **kwargs)
+  out, per_set = {}, []
+  for name, source in sets.items():
+    values = evaluate(eval_fn, params, source, **kwargs)
+    per_set.append(values)
+    out.update({k.replace("eval/", f"eval/{name}/", 1): v for k, v in values.items()})
+  out.update({k: float(np.mean([v[k] for v in per_set])) for k in per_set[0]})
+  return out
+
+
+def first_images(source, n: int) -> np.ndarray:
+  """The first n images of a source as [n, H, W] float32 in [0, 1]."""
+  batch = next(iter(data.eval_batches(source, batch_size=n, process_index=0, process_count=1)))
+  return np.asarray(batch["image"][..., 0], np.float32)
+
+
+def make_sr_validation(val_sets: dict, cfg, key) -> SRValidation:
+  """The fixed SR validation subset of `config.sr_eval`: `per_subject` slices of every subject
+  of every validation set."""
+  subsets = {}
+  for name, source in val_sets.items():
+    batch = next(iter(data.eval_batches(source, batch_size=len(source), process_index=0,
+                                        process_count=1)))
+    idx = pick_slices(batch["subject"], cfg.per_subject)
+    subsets[name] = (batch["image"][idx, ..., 0], batch["subject"][idx])
+  lowres = [kspace.parse_size(item) for item in cfg.lowres.split(",")]
+  return SRValidation(subsets, lowres=lowres, steps=cfg.steps, num_samples=cfg.num_samples,
+                      batch_size=cfg.batch_size, key=key, sampler=cfg.get("sampler", "paper"),
+                      eta=cfg.get("eta", 0.85), t_start=cfg.get("t_start", 1.0))
+
+
+class BestBySR:
+  """Runs the SR validation, logs it, and keeps the EMA parameters with the best "sr/score" as
+  the params dir workdir/best/ (`vdm_mri.workdir`; `python -m vdm_mri.sample
+  --checkpoint=WORKDIR/best`)."""
+
+  def __init__(self, sr: SRValidation, directory, writer, config,
+               bands: DenoisingBands | None = None):
+    """`bands`: also log the held-out denoising error per noise band (den/…) each time."""
+    self.sr, self.dir, self.writer = sr, pathlib.Path(directory), writer
+    self.config, self.bands = config, bands
+    self.best = workdir.best_score(self.dir)
+
+  def __call__(self, step: int, model, params):
+    start = time.perf_counter()
+    values = {**self.sr(model, params), **self.sr.baseline_values()}
+    values["sr/seconds"] = time.perf_counter() - start
+    if self.bands is not None:
+      values.update(self.bands(model, params))
+    self.writer.write(step, values)
+    logging.info("step %d: SR validation score %.3f dB over zero-filling (best %.3f), %.0f s",
+                 step, values["sr/score"], self.best, values["sr/seconds"])
+    if values["sr/score"] > self.best:
+      self.best = values["sr/score"]
+      workdir.save_best(self.dir, params, self.config, step=step, metrics=values)
+
+
+def best_by_sr(config, model, val_sets: dict, directory, writer, key) -> BestBySR | None:
+  """The SR validation of `config.sr_eval` (with the denoising bands on its slices) keeping
+  directory/best/; None when it is off (sr_eval.every = 0) or there is no validation data."""
+  cfg = config.get("sr_eval")
+  if cfg is None or cfg.every <= 0 or not val_sets:
+    return None
+  sr = make_sr_validation(val_sets, cfg, jax.random.fold_in(key, 2))
+  bands = DenoisingBands({case.name.split("/")[0]: case.images for case in sr.cases},
+                         gamma_min=model.gamma_min, gamma_max=model.gamma_max, bits=model.bits,
+                         key=jax.random.fold_in(key, 3))
+  return BestBySR(sr, directory, writer, config, bands)
+
+
+@dataclasses.dataclass
+class SampleGrid:
+  """workdir/samples/step_N.png (and the image "samples" in TensorBoard): prior samples, and 4x
+  (H/4 x W/4 k-space centre) guided reconstructions of fixed validation images beside
+  zero-filling and the ground truth; `cfg` = config.sampling (steps, lam, final_projection)."""
+
+  model: object
+  images: np.ndarray  # [n, H, W] in [0, 1]
+  key: jax.Array
+  cfg: object
+  directory: pathlib.Path
+  writer: object = None
+
+  def __call__(self, step: int, params):
+    full = self.images.shape[1:]
+    y0 = kspace.measure(jnp.asarray(self.images), (full[0] // 4, full[1] // 4))
+    kwargs = dict(num_steps=self.cfg.steps, batch_size=len(self.images))
+    guided = sampling.posterior_samples(self.model, params, y0, key=self.key, num_samples=1,
+                                        lam=self.cfg.lam,
+                                        final_projection=self.cfg.final_projection, **kwargs)
+    prior = sampling.prior_samples(self.model, params, key=jax.random.fold_in(self.key, 1),
+                                   num=len(self.images), **kwargs)
+    rows = {"prior": prior, "zero-fill": np.asarray(baselines.zero_fill(y0, full)),
+            "guided 4x": guided.mean, "truth": self.images}
+    image = figures.grid(rows)
+    path = figures.save_png(image, pathlib.Path(self.directory) / "samples" /
+                            f"step_{step:08d}.png")
+    if self.writer is not None:
+      self.writer.write_image(step, "samples", np.asarray(image))
+    logging.info("wrote %s", path)
+
+
+def training_actions(config, model, sets, directory, writer, key, eval_fn, sharding):
+  """The evaluations of a training run as the loop's actions, in the order they run at a step:
+  bits/dim on the validation sets (`eval_fn` = the jitted train.eval_step), the sample grid and
+  the SR validation keeping best/ (these two on process 0; they sample on its own devices).
+  Returns (actions, the BestBySR or None)."""
+  cfg, actions = config.training, []
+  val_sets = {s.name: s.validation for s in sets if s.validation is not None}
+  if val_sets:
+    bpd = functools.partial(evaluate_sets, eval_fn, sets=val_sets, batch_size=cfg.batch_size,
+                            num_batches=cfg.eval_batches, key=key, sharding=sharding)
+    actions.append(Periodic(cfg.eval_every, lambda step, state: writer.write(
+        step, bpd(state.ema_params)), checked=True))
+  best = None
+  if distributed.is_primary():
+    grid = SampleGrid(model, first_images(next(iter(val_sets.values()), sets[0].train), 4),
+                      jax.random.fold_in(key, 1), config.sampling, directory, writer)
+    actions.append(Periodic(cfg.sample_every, lambda step, state: grid(
+        step, distributed.host_copy(state.ema_params))))
+    best = best_by_sr(config, model, val_sets, directory, writer, key)
+    if best is not None:
+      actions.append(Periodic(config.sr_eval.every, lambda step, state: best(
+          step, model, distributed.host_copy(state.ema_params))))
+  return actions, best
