@@ -262,3 +262,16 @@ def test_residual():
   np.testing.assert_allclose(kspace.residual(x, y), 0.0, atol=1e-6)
   np.testing.assert_allclose(kspace.residual(jnp.zeros_like(x), y), 1.0, rtol=1e-6)
   np.testing.assert_allclose(kspace.residual(0.5 * x, y), 0.5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("text, size", [("32x32", (32, 32)), ("64X128", (64, 128)),
+                                        (" 32 ", (32, 32)), ("7 x 5", (7, 5))])
+def test_size_text_round_trips(text, size):
+  assert kspace.parse_size(text) == size
+  assert kspace.parse_size(kspace.size_name(size)) == size
+
+
+@pytest.mark.parametrize("text", ["32by32", "0x32", "32x", "", None, "-4x4"])
+def test_bad_size_text_is_refused(text):
+  with pytest.raises(ValueError, match="must look like 32x32"):
+    kspace.parse_size(text)
