@@ -228,6 +228,37 @@ def warm_start(state: TrainState, params_dir, model: model_lib.VDM, tx) -> Train
                        opt_state=tx.init(params))
 
 
+def _initial_state(config, directory, sets, weights, model, tx, mesh, init_from, key):
+  """(state replicated on `mesh`, checkpoint manager, data iterator, data seed): the latest
+  checkpoint of the work dir with its data position, else a warm start from `init_from`, else
+  fresh parameters from `key`."""
+  state = create_train_state(model, tx, key)
+  mngr = workdir.checkpoint_manager(directory / workdir.CHECKPOINTS,
+                                    config.training.keep_checkpoints)
+  fresh = mngr.latest_step() is None
+  if fresh and init_from:
+    state = warm_start(state, init_from, model, tx)
+    logging.info("warm start from %s at step %d (fresh optimiser state)", init_from,
+                 int(state.step))
+  state = jax.device_put(jax.device_get(state), NamedSharding(mesh, P()))
+  # A warm start continues the step count; its data order is a new one (seed + step), or a
+  # state dir's own; either is recorded in the work dir, so a resume reads the same stream.
+  data_seed, position = workdir.data_order(directory, config.seed, init_from if fresh else None,
+                                           int(state.step))
+  iterator = data.train_iterator([s.train for s in sets], weights=weights,
+                                 global_batch=config.training.batch_size, seed=data_seed)
+  if position is not None and fresh:
+    iterator.set_state(position)
+  logging.info("training data: %s", ", ".join(
+      f"{s.name} ({len(s.train)} slices{'' if weights is None else f', weight {w:g}'})"
+      for s, w in zip(sets, weights or [None] * len(sets))))
+  if not fresh:
+    state = workdir.restore_checkpoint(mngr, state, iterator)
+    logging.info("restored checkpoint step %d from %s; data iterator state %s",
+                 int(state.step), mngr.directory, iterator.get_state())
+  return state, mngr, iterator, data_seed
+
+
 def train_and_evaluate(config, workdir_path, init_from: str | None = None,
                        validate_first: bool = False, state_dir: str | None = None) -> TrainState:
   """Train `config` in `workdir_path` (resuming from its latest checkpoint); returns the final
@@ -256,30 +287,8 @@ def train_and_evaluate(config, workdir_path, init_from: str | None = None,
                      f"{mesh.size} devices")
 
   key_state, key_eval = jax.random.split(jax.random.key(config.seed))
-  state = create_train_state(model, tx, key_state)
-  mngr = workdir.checkpoint_manager(directory / workdir.CHECKPOINTS,
-                                    config.training.keep_checkpoints)
-  fresh = mngr.latest_step() is None
-  if fresh and init_from:
-    state = warm_start(state, init_from, model, tx)
-    logging.info("warm start from %s at step %d (fresh optimiser state)", init_from,
-                 int(state.step))
-  state = jax.device_put(jax.device_get(state), NamedSharding(mesh, P()))
-  # A warm start continues the step count; its data order is a new one (seed + step), or a
-  # state dir's own; either is recorded in the work dir, so a resume reads the same stream.
-  data_seed, position = workdir.data_order(directory, config.seed, init_from if fresh else None,
-                                           int(state.step))
-  iterator = data.train_iterator([s.train for s in sets], weights=weights,
-                                 global_batch=config.training.batch_size, seed=data_seed)
-  if position is not None and fresh:
-    iterator.set_state(position)
-  logging.info("training data: %s", ", ".join(
-      f"{s.name} ({len(s.train)} slices{'' if weights is None else f', weight {w:g}'})"
-      for s, w in zip(sets, weights or [None] * len(sets))))
-  if not fresh:
-    state = workdir.restore_checkpoint(mngr, state, iterator)
-    logging.info("restored checkpoint step %d from %s; data iterator state %s",
-                 int(state.step), mngr.directory, iterator.get_state())
+  state, mngr, iterator, data_seed = _initial_state(
+      config, directory, sets, weights, model, tx, mesh, init_from, key_state)
   writer = metric_writer.MetricWriter(directory, resume_step=int(state.step),
                                       enabled=distributed.is_primary())
   if distributed.is_primary():
