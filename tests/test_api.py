@@ -61,6 +61,21 @@ def test_options_reject_values_out_of_range(bad, message):
     api.SamplingOptions(**bad)
 
 
+def test_a_setting_string_sets_sampler_steps_k_eta_and_t_start_and_round_trips():
+  base = api.SamplingOptions(lam=0.5, steps=7, num_samples=3, eta=0.3)
+  opts = base.with_setting("projection:20:8")
+  assert (opts.sampler, opts.steps, opts.num_samples, opts.nfe) == ("projection", 20, 8, 160)
+  assert (opts.lam, opts.eta, opts.t_start) == (0.5, 0.3, 1.0)  # the rest stays
+  full = base.with_setting("paper:10:16:0.85:0.6")
+  assert (full.eta, full.t_start) == (0.85, 0.6)
+  assert base.with_setting(full.setting) == full
+  for bad, message in (("paper:10", "is not sampler:steps:K"), ("paper:ten:4", "is not"),
+                       ("paper:10:4:0.85:1:2", "is not"), ("ddpm:10:4", "sampler must be"),
+                       ("paper:10:0", "num_samples must be at least 1")):
+    with pytest.raises(api.InputError, match=message):
+      base.with_setting(bad)
+
+
 def test_every_option_reaches_the_sampler_and_has_a_flag():
   """Adding a field is one line here plus one flag: both are checked."""
   accepted = inspect.signature(sampling.posterior_samples).parameters

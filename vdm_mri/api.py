@@ -89,6 +89,30 @@ class SamplingOptions:
     """A copy with the `overrides` that are not None."""
     return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
+  def with_setting(self, text: str) -> SamplingOptions:
+    """These options with a setting `sampler:steps:K[:eta[:t_start]]` (e.g. "paper:10:16",
+    "projection:20:8:0.85:1"): the short form the experiments and benchmarks take."""
+    parts = text.strip().split(":")
+    names = ("sampler", "steps", "num_samples", "eta", "t_start")
+    if not 3 <= len(parts) <= len(names):
+      raise InputError(f"setting {text!r} is not sampler:steps:K[:eta[:t_start]]")
+    try:
+      values = {name: _TYPES[field.type](part) for name, part, field in zip(
+          names, parts, [_FIELDS[n] for n in names])}
+    except ValueError:
+      raise InputError(f"setting {text!r} is not sampler:steps:K[:eta[:t_start]]") from None
+    return dataclasses.replace(self, **values)
+
+  @property
+  def setting(self) -> str:
+    """The short form `sampler:steps:K:eta:t_start` (with_setting's)."""
+    return f"{self.sampler}:{self.steps}:{self.num_samples}:{self.eta:g}:{self.t_start:g}"
+
+  @property
+  def nfe(self) -> int:
+    """Network evaluations per slice: steps × K."""
+    return self.steps * self.num_samples
+
   def posterior_kwargs(self) -> dict:
     """The keyword arguments of sampling.posterior_samples."""
     out = dataclasses.asdict(self)
@@ -97,6 +121,7 @@ class SamplingOptions:
 
 
 _TYPES = {"float": float, "int": int, "bool": bool, "str": str}
+_FIELDS = {f.name: f for f in dataclasses.fields(SamplingOptions)}
 
 
 # --------------------------------------------------------------------------------------------
