@@ -18,7 +18,6 @@ import json
 import os
 import pathlib
 import sys
-import types
 
 import jax
 import jax.numpy as jnp
@@ -26,16 +25,16 @@ import numpy as np
 
 from vdm_mri import (api, atomic, baselines, data, kspace, metrics, sampling, validation,
                      workdir)
-from vdm_mri import sr_io  # noqa: F401  (sampler_compare raises _common.sr_io.InputError)
 from vdm_mri import model as model_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-def parser(description: str, *, steps: int | None = None,
-           quick_steps: int = 20) -> argparse.ArgumentParser:
+def parser(description: str, *, steps: int | None = None, quick_steps: int = 20,
+           sampler: str | None = None) -> argparse.ArgumentParser:
   """The flags every script shares. `steps`: the default --steps (None: the checkpoint's
-  config.sampling.steps, resolved by `load_model`)."""
+  config.sampling.steps, resolved by `load_model`); `sampler`: the default --sampler of a
+  script that has it (None: the checkpoint's config.sampling.sampler)."""
   p = argparse.ArgumentParser(description=description)
   p.add_argument("--checkpoint", default=None, help="training work dir (orbax checkpoints)")
   p.add_argument("--config", default=None, help="config file; default: WORKDIR/config.json")
@@ -48,7 +47,7 @@ def parser(description: str, *, steps: int | None = None,
                  f"--quick {quick_steps}; the paper: 1000)")
   p.add_argument("--seed", type=int, default=0)
   p.add_argument("--batch_size", type=int, default=8, help="images per compiled sampler call")
-  p.set_defaults(default_steps=steps, quick_steps=quick_steps)
+  p.set_defaults(default_steps=steps, quick_steps=quick_steps, default_sampler=sampler)
   return p
 
 
@@ -79,6 +78,7 @@ def sampling_kwargs(args) -> dict:
   (api.SamplingOptions); batch size and final projection are the script's own."""
   flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(api.SamplingOptions)
            if f.name not in ("steps", "batch_size", "final_projection")}
+  flags["sampler"] = flags.get("sampler") or args.default_sampler
   opts = args.checkpoint_sampling.replace(**flags, steps=num_steps(args)).posterior_kwargs()
   return {k: v for k, v in opts.items() if k not in ("batch_size", "final_projection")}
 
@@ -103,7 +103,6 @@ def load_model(args):
 
 
 data_paths = data.validation_files  # --data, else the shared validation sets, else the sample
-sample = types.SimpleNamespace(resolve_workdir=workdir.resolve)  # sampler_compare's old name
 
 
 def set_name(path) -> str:

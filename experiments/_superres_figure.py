@@ -2,7 +2,8 @@
 
 Writes superres_<h>x<w>_<set>.png for every validation set and superres_<h>x<w>.json with the
 metrics of every set under "sets". Every set uses the same keys (its results do not depend on
-the other sets listed).
+the other sets listed). The paper's sampler unless --sampler says otherwise; steps and K are
+the checkpoint's defaults.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from vdm_mri import figures, sampling
 
 
 def main(lowres_text: str, description: str, argv=None):
-  p = _common.parser(description)
+  p = _common.parser(description, sampler="paper")  # the paper's figures: its sampler
   p.add_argument("--lowres", default=lowres_text, help="low-resolution matrix, e.g. 32x32")
   p.add_argument("--per_subject", type=int, default=1, help="slices per validation subject")
   _common.add_sampling_flags(p)

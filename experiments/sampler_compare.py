@@ -68,19 +68,9 @@ class Setting:
 
 
 def parse_setting(text: str) -> Setting:
-  parts = text.strip().split(":")
-  try:
-    if len(parts) < 3 or len(parts) > 5:
-      raise ValueError
-    s = Setting(parts[0], int(parts[1]), int(parts[2]),
-                *(float(v) for v in parts[3:]))
-  except ValueError:
-    raise _common.sr_io.InputError(f"--settings: {text!r} is not sampler:steps:K[:eta[:t_start]]"
-                                   ) from None
-  if s.sampler not in sampling.SAMPLERS or s.steps < 1 or s.k < 1 or not (
-      0 <= s.eta <= 1 and 0 < s.t_start <= 1):
-    raise _common.sr_io.InputError(f"--settings: bad setting {text!r}")
-  return s
+  """A setting `sampler:steps:K[:eta[:t_start]]` (api.SamplingOptions.with_setting)."""
+  opts = _common.api.SamplingOptions().with_setting(text)
+  return Setting(opts.sampler, opts.steps, opts.num_samples, opts.eta, opts.t_start)
 
 
 def run_setting(model, params, x, subj, y0, zf_scores, setting: Setting, key, batch_size: int):
@@ -144,10 +134,10 @@ def previous_rows(outdir: pathlib.Path, checkpoint: str, subsets: dict, settings
   the slice subsets must be the same."""
   path = outdir / "samplers.json"
   if not path.exists():
-    raise _common.sr_io.InputError(f"--append: no {path}")
+    raise _common.api.InputError(f"--append: no {path}")
   old = json.loads(path.read_text())
   if old["checkpoint"] != checkpoint or old["subsets"] != subsets:
-    raise _common.sr_io.InputError(f"--append: {path} was run with another checkpoint or slices "
+    raise _common.api.InputError(f"--append: {path} was run with another checkpoint or slices "
                                    f"({old['checkpoint']})")
   names = {s.name for s in settings}
   return [r for r in old["rows"] if r["setting"] not in names]
@@ -169,7 +159,7 @@ def main(argv=None):
   if args.quick:
     settings = [dataclasses.replace(s, steps=min(s.steps, 2), k=min(s.k, 2)) for s in settings[:3]]
   outdir = pathlib.Path(args.outdir)
-  checkpoint = _common.display_path(_common.sample.resolve_workdir(args.checkpoint))
+  checkpoint = _common.display_path(_common.workdir.resolve(args.checkpoint))
   picked = {name: _common.pick_slices(subjects, args.per_subject, 2 if args.quick else None)
             for name, (_, _, subjects) in sets.items()}
   subsets = {name: {"data": str(sets[name][0]), "slices": idx.tolist()}

@@ -287,6 +287,13 @@ def test_scripts_default_to_the_checkpoints_sampling_config(checkpoint):
   _common.load_model(parsed)
   opts = _common.sampling_kwargs(parsed)
   assert (opts["num_steps"], opts["num_samples"], opts["sampler"]) == (1000, 3, "projection")
+  assert config.sampler == "paper"  # a script's own default sampler overrides the checkpoint's
+  args = _common.parser("", sampler="projection")
+  _common.add_sampling_flags(args)
+  for extra, expected in (([], "projection"), (["--sampler=paper"], "paper")):
+    parsed = args.parse_args([f"--checkpoint={checkpoint}", "--outdir=.", *extra])
+    _common.load_model(parsed)
+    assert _common.sampling_kwargs(parsed)["sampler"] == expected
 
 
 def test_sampler_comparison_reports_cost_quality_and_calibration(checkpoint, tmp_path):
