@@ -1,62 +1,77 @@
-"""Time to super-resolve one slice with the sampling defaults (steps, K) of a prior: the number
-a user waits for per slice on this machine.
+"""Time to super-resolve one slice with the sampling defaults of a prior, and with a reference
+setting beside it: the number a user waits for per slice on this machine.
 
-    python benchmarks/slice_time.py                       # the shipped prior, its defaults
-    python benchmarks/slice_time.py --steps=50 --num_samples=4 --lowres=64x64
-    python benchmarks/slice_time.py --checkpoint=runs/cpu_prior/best
+    python benchmarks/slice_time.py                       # the shipped prior: its default and
+                                                          # the paper's sampler at 10 x 16
+    python benchmarks/slice_time.py --settings=projection:10:4,paper:5:8 --lowres=64x64
+    python benchmarks/slice_time.py --checkpoint=runs/cpu_prior/best --reference=""
 
-One slice of the bundled sample is measured (centre of k-space, noise-free) and super-resolved
-with K posterior samples in one batch, as `python -m vdm_mri.sample` does for a single slice.
-The first call compiles (reported separately); the slice time is the best of --repeats further
-calls, each ending when the result is on the host.
+A setting is `sampler:steps:K[:eta[:t_start]]` (api.SamplingOptions.with_setting) over the
+prior's defaults. One slice of the bundled sample is measured (centre of k-space, noise-free) and
+super-resolved (api.super_resolve) with K posterior samples, batched as `python -m vdm_mri.sample` does for a single
+slice. The first call of each setting compiles (reported separately); its slice time is the best
+of --repeats further calls, each ending when the result is on the host.
 """
 
 import argparse
+import sys
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import vdm_mri
-from vdm_mri import data, kspace, sample, sampling, sr_io
-from vdm_mri import model as model_lib
+from vdm_mri import api, data, kspace, workdir
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--checkpoint", default=None, help="work dir or params dir (default: the "
-                      "shipped prior)")
-  parser.add_argument("--steps", type=int, default=None, help="default: the prior's config")
-  parser.add_argument("--num_samples", type=int, default=None, help="default: the prior's config")
-  parser.add_argument("--lowres", default="32x32")
-  parser.add_argument("--repeats", type=int, default=2)
-  args = parser.parse_args()
-
-  workdir = sample.resolve_workdir(args.checkpoint)
-  config = sr_io.load_config(workdir, None)
-  model = model_lib.from_config(config)
-  params = sr_io.load_params(workdir, model)
-  steps = args.steps or config.sampling.steps
-  k = args.num_samples or config.sampling.num_samples
-  h, _, w = args.lowres.partition("x")
-  images = data.read_npz(vdm_mri.SAMPLE_DATA).images[:1].astype(np.float32) / data.QUANT_MAX
-  y0 = kspace.measure(jnp.asarray(images), (int(h), int(w or h)))
+def time_setting(prior, y0, opts: api.SamplingOptions, repeats: int) -> tuple[float, float]:
+  """(first call with compilation, best of `repeats` further calls) in seconds."""
 
   def run():
     start = time.perf_counter()
-    sampling.posterior_samples(model, params, y0, key=jax.random.key(0), num_samples=k,
-                               num_steps=steps, lam=config.sampling.lam,
-                               final_projection=config.sampling.final_projection,
-                               batch_size=config.sampling.batch_size)
+    api.super_resolve(prior, kspace=y0, key=jax.random.key(0), options=opts)
     return time.perf_counter() - start
 
   first = run()
-  best = min(run() for _ in range(args.repeats))
-  print(f"prior {workdir}: {config.model.kind} ch={config.model.get('ch')}")
-  print(f"one {args.lowres} slice -> {model.image_shape[0]}x{model.image_shape[1]}, K={k}, "
-        f"{steps} steps, {jax.device_count()} {jax.devices()[0].platform} device(s): "
-        f"{best:.1f} s (first call with compilation {first:.1f} s)")
+  return first, min(run() for _ in range(repeats))
+
+
+def main(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--checkpoint", default=None, help="work dir or params dir (default: the "
+                      "shipped prior)")
+  parser.add_argument("--settings", default="", help="comma-separated settings to time instead "
+                      "of the prior's default")
+  parser.add_argument("--reference", default="paper:10:16",
+                      help="a setting timed beside them (empty: none)")
+  parser.add_argument("--lowres", default="32x32")
+  parser.add_argument("--repeats", type=int, default=2)
+  args = parser.parse_args(argv)
+  try:
+    prior = api.load_prior(args.checkpoint)
+    base = prior.options
+    named = [("default", base)] if not args.settings else [
+        ("setting", base.with_setting(t)) for t in args.settings.split(",") if t.strip()]
+    if args.reference:
+      named.append(("reference", base.with_setting(args.reference)))
+    h, w = kspace.parse_size(args.lowres)
+  except (api.InputError, workdir.CheckpointError, ValueError) as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  images = data.read_npz(vdm_mri.SAMPLE_DATA).images[:1].astype(np.float32) / data.QUANT_MAX
+  full = prior.image_shape
+  y0 = np.asarray(kspace.measure(images, (h, w)))
+  print(f"prior {prior.path}: {prior.config.model.kind} ch={prior.config.model.get('ch')}; one "
+        f"{h}x{w} slice -> {full[0]}x{full[1]} on {jax.device_count()} "
+        f"{jax.devices()[0].platform} device(s)")
+  rows = []
+  for role, opts in named:
+    first, best = time_setting(prior, y0, opts, args.repeats)
+    rows.append({"role": role, "setting": opts.setting, "nfe": opts.nfe, "seconds": best,
+                 "first_seconds": first})
+    print(f"{role:>9} {opts.setting:<24} {opts.nfe:>4} NFE: {best:.2f} s per slice (first call "
+          f"with compilation {first:.1f} s)", flush=True)
+  return rows
 
 
 if __name__ == "__main__":

@@ -173,3 +173,23 @@ def test_bf16_check_compares_dtype_and_seed_differences(micro_config):
   d_seed = number(r"fp32 seed B vs seed A ([\d.e+-]+)", out)
   assert positive(d_dtype) and positive(d_seed)  # bf16 really changes the computation
   assert re.search(r"bf16 within seed-to-seed variation: (yes|no)", out)
+
+
+def test_slice_time_times_the_priors_default_and_the_reference(tmp_path, capsys):
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  import slice_time  # pylint: disable=g-import-not-at-top
+  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  from vdm_mri import model as model_lib, pretrained  # pylint: disable=g-import-not-at-top
+  config = load_config("tiny")
+  config.model.ch, config.model.ch_mult = 8, (1, 1, 1, 1)
+  config.sampling.update(steps=2, num_samples=3, sampler="projection", batch_size=4)
+  prior = pretrained.export(tmp_path / "prior", model_lib.from_config(config).init(
+      jax.random.key(0)), config)
+  rows = slice_time.main([f"--checkpoint={prior}", "--reference=paper:1:2", "--repeats=1",
+                          "--lowres=16x16"])
+  assert [(r["role"], r["setting"], r["nfe"]) for r in rows] == [
+      ("default", "projection:2:3:0.85:1", 6), ("reference", "paper:1:2:0.85:1", 2)]
+  assert all(np.isfinite(r["seconds"]) and r["seconds"] > 0 for r in rows)
+  with pytest.raises(SystemExit) as e:
+    slice_time.main([f"--checkpoint={prior}", "--settings=paper:1"])
+  assert e.value.code == 2 and "is not sampler:steps:K" in capsys.readouterr().err
