@@ -1,10 +1,12 @@
 """Training loop: checkpoints and metrics, exact resume, device-count invariance, NaN stop, data
-errors, the weight-decay mask and the TensorBoard framing.
+errors, the weight-decay mask and the TensorBoard events.
 
-All runs share one tiny configuration (8 channels, batch 8 = one example per fake CPU device), so
-`train.jit_train_step` compiles the 8-device step once for the whole file.
+All runs share one tiny configuration (32x32 images, 8 channels, batch 8 = one example per fake
+CPU device), so `train.jit_train_step` compiles the 8-device step once for the whole file.
 """
 
+import functools
+import io
 import json
 import os
 import signal
@@ -20,6 +22,8 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 from jax.sharding import NamedSharding, PartitionSpec as P
+from tensorboardX.proto import event_pb2
+from tensorboardX.record_writer import masked_crc32c
 
 import vdm_mri
 from conftest import REPO, load_config
@@ -33,10 +37,15 @@ TRAIN_KEYS = ("bpd", "prior", "recon", "diffusion", "grad_norm", "learning_rate"
 EVAL_KEYS = ("bpd", "prior", "recon", "diffusion")
 
 
+SIZE = 32  # image side: the bundled 128x128 slices reduced by 4x4 means
+
+
 def _config(data_path, **training):
   config = load_config("tiny")
   config.data.path = str(data_path)
-  config.model.ch = 8
+  config.data.image_size = SIZE
+  config.model.update(ch=8, ch_mult=(1,))  # one level: the smallest program to compile
+  config.schedule.hidden = 16
   config.training.update(batch_size=8, num_steps=NUM_STEPS, log_every=1, eval_every=2,
                          eval_batches=1, checkpoint_every=2, keep_checkpoints=3,
                          sample_every=NUM_STEPS)
@@ -45,13 +54,22 @@ def _config(data_path, **training):
   return config
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  """x_train.npz: the 16 bundled slices and their mirror images (4 batches an epoch);
-  x_val.npz: the bundled slices."""
-  path = tmp_path_factory.mktemp("data")
+def _small_sample():
+  """The bundled slices reduced to SIZE x SIZE (means of 4x4 blocks), 12-bit: (images,
+  subject, slice_index)."""
   with np.load(vdm_mri.SAMPLE_DATA) as d:
     images, subject, slice_index = d["images"], d["subject"], d["slice_index"]
+  f = images.shape[1] // SIZE
+  small = images.reshape(-1, SIZE, f, SIZE, f).mean((2, 4)).round().astype(np.uint16)
+  return small, subject, slice_index
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  """x_train.npz: the 16 bundled slices (at SIZE) and their mirror images (4 batches an epoch);
+  x_val.npz: the same slices."""
+  path = tmp_path_factory.mktemp("data")
+  images, subject, slice_index = _small_sample()
   np.savez(path / "x_train.npz", images=np.concatenate([images, images[:, :, ::-1]]),
            subject=np.concatenate([subject, subject]),
            slice_index=np.concatenate([slice_index, slice_index + 1000]))
@@ -120,10 +138,10 @@ def test_run_writes_checkpoints_metrics_and_tensorboard(reference):
   assert saved["model"]["ch"] == 8 and saved["training"]["num_steps"] == NUM_STEPS
   assert [p.name for p in (workdir / "samples").iterdir()] == [f"step_{NUM_STEPS:08d}.png"]
   grid = np.asarray(Image.open(workdir / "samples" / f"step_{NUM_STEPS:08d}.png"))
-  assert grid.shape[0] == 4 * (128 + 2)  # prior, zero-fill, guided, truth rows
-  truth_row = grid[3 * 130:3 * 130 + 128, 90:90 + 128].astype(float) / 255
-  with np.load(vdm_mri.SAMPLE_DATA) as d:
-    np.testing.assert_allclose(truth_row, d["images"][0] / 4095, atol=1 / 255)
+  assert grid.shape[0] == 4 * (SIZE + 2)  # prior, zero-fill, guided, truth rows
+  top = 3 * (SIZE + 2)
+  truth_row = grid[top:top + SIZE, 90:90 + SIZE].astype(float) / 255
+  np.testing.assert_allclose(truth_row, _small_sample()[0][0] / 4095, atol=1 / 255)
 
   events = list((workdir / "tb").glob("events.out.tfevents.*"))
   assert len(events) == 1
@@ -208,13 +226,15 @@ def test_same_update_on_one_and_eight_devices(reference, data_dir):
   for devices in (jax.devices()[:1], jax.devices()):
     assert len(devices) in (1, 8)
     mesh = sampling.make_mesh(devices)
-    step = train.jit_train_step(mesh, model, optimizer, config.loss.num_steps)
+    step = train.jit_train_step(mesh, model, optimizer, config.loss.num_steps,
+                                train.step_options(config)[0])  # 8 devices: the run's program
     state = jax.device_put(reference[1], NamedSharding(mesh, P()))
     batch = {"image": jax.device_put(images.astype(np.float32), NamedSharding(mesh, P("data")))}
     results.append(jax.device_get(step(state, batch)))
   (state_1, metrics_1), (state_8, metrics_8) = results
   for name in ("bpd", "prior", "recon", "diffusion"):
-    np.testing.assert_allclose(metrics_1[name], metrics_8[name], rtol=1e-5, err_msg=name)
+    # (A float32 mean over 8x32x32 pixels summed in another order: 1.4e-5 seen.)
+    np.testing.assert_allclose(metrics_1[name], metrics_8[name], rtol=5e-5, err_msg=name)
   # The gradient norm sums ~1e5 squares in a device-count-dependent order (1.2e-5 seen on an
   # AVX2 CPU).
   np.testing.assert_allclose(metrics_1["grad_norm"], metrics_8["grad_norm"], rtol=5e-5)
@@ -230,24 +250,25 @@ def test_same_update_on_one_and_eight_devices(reference, data_dir):
     np.testing.assert_allclose(a, b, atol=1e-3 * lr, rtol=0, err_msg=jax.tree_util.keystr(path))
 
 
-def test_nan_loss_stops_and_keeps_last_good_checkpoint(reference, tmp_path, monkeypatch):
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(reference, data_dir, tmp_path,
+                                                       monkeypatch):
   def poison_step_3(n, state, batch):
     return {"image": batch["image"] * np.nan} if n == 3 else batch
 
   _hook_steps(monkeypatch, poison_step_3)
-  config = _config(vdm_mri.SAMPLE_DATA, num_steps=6, log_every=10)  # .npz file: no eval
+  npz = data_dir / "x_val.npz"
+  config = _config(npz, num_steps=6, log_every=10)  # one .npz file: no eval
   with pytest.raises(train.NonFiniteLoss, match="at step 3 .*last good checkpoint: step 2"):
     train.train_and_evaluate(config, tmp_path)
   assert _checkpoint_steps(tmp_path) == [2]  # step 4 was due, but follows the NaN
   mngr = workdir_lib.checkpoint_manager(tmp_path / "checkpoints", 3)
-  iterator = data.train_iterator(data.ArraySource(data.read_npz(vdm_mri.SAMPLE_DATA)),
-                                 global_batch=8, seed=0)
+  iterator = data.train_iterator(data.ArraySource(data.read_npz(npz)), global_batch=8, seed=0)
   restored = workdir_lib.restore_checkpoint(mngr, _replicated(reference[1]), iterator)
   mngr.close()
   assert int(restored.step) == 2
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(restored)))
   assert iterator.get_state() != data.train_iterator(
-      data.ArraySource(data.read_npz(vdm_mri.SAMPLE_DATA)), global_batch=8, seed=0).get_state()
+      data.ArraySource(data.read_npz(npz)), global_batch=8, seed=0).get_state()
 
 
 def test_missing_data_is_a_one_line_error(tmp_path, monkeypatch):
@@ -309,10 +330,8 @@ def test_parameterless_schedule_trains_state_and_checkpoints(tmp_path):
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(restored), jax.device_get(state))
 
 
-def test_event_reader_checks_crcs(tmp_path):
-  """The independent reader below is itself checked: the CRC-32C check value, and a flipped
-  byte in an event file that MetricWriter wrote is caught."""
-  assert _crc32c(b"123456789") == 0xE3069283
+def test_event_reader_refuses_a_damaged_file(tmp_path):
+  """The reader below reads what MetricWriter wrote, and a flipped byte is caught."""
   writer = metric_writer.MetricWriter(tmp_path)
   writer.write(7, {"a/b": 1.5})
   writer.close()
@@ -326,86 +345,38 @@ def test_event_reader_checks_crcs(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# An independent reader of TensorBoard event files (TFRecord framing + the Event protobuf).
+# TensorBoard event files read with tensorboardX's own Event protobuf and record checksum.
 # --------------------------------------------------------------------------------------------
-def _crc32c(data_bytes: bytes) -> int:
-  """CRC-32C (Castagnoli), bit by bit."""
-  c = 0xFFFFFFFF
-  for b in data_bytes:
-    c ^= b
-    for _ in range(8):
-      c = (c >> 1) ^ (0x82F63B78 if c & 1 else 0)
-  return c ^ 0xFFFFFFFF
-
-
-def _masked_crc(b):
-  c = _crc32c(b)
-  return ((c >> 15 | c << 17) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _records(raw):
-  pos = 0
+def _events(path):
+  """The Event messages of a TFRecord file (length, its CRC, payload, its CRC); the first must
+  be the file version."""
+  raw, pos, events = path.read_bytes(), 0, []
   while pos < len(raw):
-    (n,) = struct.unpack_from("<Q", raw, pos)
-    assert struct.unpack_from("<I", raw, pos + 8)[0] == _masked_crc(raw[pos:pos + 8])
+    header = raw[pos:pos + 8]
+    (n,) = struct.unpack("<Q", header)
+    assert struct.unpack_from("<I", raw, pos + 8)[0] == masked_crc32c(header)
     payload = raw[pos + 12:pos + 12 + n]
-    assert struct.unpack_from("<I", raw, pos + 12 + n)[0] == _masked_crc(payload)
-    yield payload
+    assert struct.unpack_from("<I", raw, pos + 12 + n)[0] == masked_crc32c(payload)
+    events.append(event_pb2.Event.FromString(payload))
     pos += 16 + n
-
-
-def _fields(buf):
-  """(field number, value) of a protobuf message: ints for varints, bytes otherwise."""
-  i = 0
-
-  def varint():
-    nonlocal i
-    shift = value = 0
-    while True:
-      b = buf[i]
-      i += 1
-      value |= (b & 0x7F) << shift
-      shift += 7
-      if b < 0x80:
-        return value
-  while i < len(buf):
-    key = varint()
-    wire = key & 7
-    if wire == 0:
-      value = varint()
-    else:
-      n = {1: 8, 5: 4}.get(wire) or varint()
-      value, i = buf[i:i + n], i + n
-    yield key >> 3, value
+  assert events[0].file_version == "brain.Event:2"
+  return events[1:]
 
 
 def _summary_values(path):
-  """(step, tag, Summary.Value fields) of every value in an event file; the first event must
-  be the file version."""
-  records = list(_records(path.read_bytes()))
-  assert dict(_fields(records[0]))[3] == b"brain.Event:2"
-  for record in records[1:]:
-    event = dict(_fields(record))
-    if 5 not in event:
-      continue
-    for field, value in _fields(event[5]):
-      assert field == 1
-      v = dict(_fields(value))
-      yield event.get(2, 0), v[1].decode(), v
+  return [(e.step, v) for e in _events(path) for v in e.summary.value]
 
 
 def _read_scalars(path) -> dict:
   """{(step, tag): float32 value} of the simple_value scalars of an event file."""
-  return {(step, tag): np.float32(struct.unpack("<f", v[2])[0])
-          for step, tag, v in _summary_values(path) if 2 in v}
+  return {(step, v.tag): np.float32(v.simple_value) for step, v in _summary_values(path)
+          if v.WhichOneof("value") == "simple_value"}
 
 
 def _read_images(path) -> dict:
-  """{(step, tag): decoded image array} of the image summaries (Summary.Image, field 4;
-  its encoded PNG is field 4 inside) of an event file."""
-  import io  # pylint: disable=g-import-not-at-top
-  return {(step, tag): np.asarray(Image.open(io.BytesIO(dict(_fields(v[4]))[4])))
-          for step, tag, v in _summary_values(path) if 4 in v}
+  """{(step, tag): decoded image array} of the image summaries of an event file."""
+  return {(step, v.tag): np.asarray(Image.open(io.BytesIO(v.image.encoded_image_string)))
+          for step, v in _summary_values(path) if v.WhichOneof("value") == "image"}
 
 
 def test_evaluation_batches_span_the_whole_validation_set():
@@ -439,19 +410,24 @@ def test_ema_half_life_grows_with_images_seen():
   assert train.make_ema_rate(ml_collections.ConfigDict(dict(ema_rate=0.99))) == 0.99
 
 
-def test_ema_update_uses_the_scheduled_rate(reference):
-  _, state = reference
+def test_ema_update_uses_the_scheduled_rate():
   opt = ml_collections.ConfigDict(dict(ema_rate=0.5, ema_halflife_images=64.0,
                                        ema_rampup_ratio=0.0))
   config = _config("unused")
+  config.data.image_size = 8  # a program of its own (its EMA rate): the smallest one
+  config.model.update(ch=4, attn_resolutions=())
   model = model_lib.from_config(config)
   tx, lr_fn = train.make_optimizer(config.optimizer)
-  batch = {"image": jnp.full((8, 128, 128, 1), 0.5)}
-  new, metrics = train.train_step(state, batch, model=model, tx=tx, lr_fn=lr_fn, num_steps=10,
-                                  ema_rate=train.make_ema_rate(opt))
+  state = train.create_train_state(model, tx, jax.random.key(0))
+  batch = {"image": jnp.full((8, 8, 8, 1), 0.5)}
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, lr_fn=lr_fn,
+                                   num_steps=10, ema_rate=train.make_ema_rate(opt)))
+  state, _ = step(state, batch)  # EMA != parameters from here on
+  new, metrics = step(state, batch)
   rate = 0.5 ** (8 / 64)
   assert float(metrics["ema_rate"]) == pytest.approx(rate, 1e-6)
   e0, p1, e1 = (jax.tree.leaves(t)[3] for t in (state.ema_params, new.params, new.ema_params))
+  assert np.abs(e0 - p1).max() > 0
   np.testing.assert_allclose(e1, rate * e0 + (1 - rate) * p1, rtol=1e-5, atol=1e-7)
 
 
@@ -478,7 +454,7 @@ def test_two_data_sets_sr_validation_and_best_params(two_set_dir, tmp_path, monk
   monkeypatch.setattr(validation.SRValidation, "__call__", scored)
   config = _config(two_set_dir, sample_every=100)
   config.data.weights = "3,1"
-  config.sr_eval.update(every=2, per_subject=1, lowres="32x32", steps=2, num_samples=1)
+  config.sr_eval.update(every=2, per_subject=1, lowres="16x16", steps=2, num_samples=1)
   train.train_and_evaluate(config, tmp_path)
 
   lines = _metrics(tmp_path)
@@ -492,9 +468,9 @@ def test_two_data_sets_sr_validation_and_best_params(two_set_dir, tmp_path, monk
   assert [l["step"] for l in srs] == [2, 4]
   for name in ("a", "b"):  # 2 subjects x 1 slice each, scored against zero-filling
     line = srs[0]
-    assert line[f"sr/{name}/32x32/psnr_gain"] == pytest.approx(
-        line[f"sr/{name}/32x32/psnr"] - line[f"sr/{name}/32x32/zf_psnr"])
-    assert 10 < line[f"sr/{name}/32x32/zf_psnr"] < 60 and 0 < line[f"sr/{name}/32x32/ssim"] <= 1
+    sr = f"sr/{name}/16x16"
+    assert line[f"{sr}/psnr_gain"] == pytest.approx(line[f"{sr}/psnr"] - line[f"{sr}/zf_psnr"])
+    assert 10 < line[f"{sr}/zf_psnr"] < 60 and 0 < line[f"{sr}/ssim"] <= 1
     # The denoising error per band is logged beside it, on the same validation slices.
     errors = [line[f"den/{name}/band{k}/eps_mse"] for k in range(8)]
     assert all(np.isfinite(errors)) and min(errors) > 0
