@@ -268,8 +268,12 @@ def test_export_prior_sets_sampling_defaults_and_keeps_the_selection(tmp_path, c
   assert not (tmp_path / "ship2").exists()
   with pytest.raises(SystemExit) as e:
     module.main([f"--src={dst}", f"--dst={tmp_path / 'ship3'}", "--t_start=0"])
-  assert e.value.code == 2 and "--t_start=0.0 is out of range" in capsys.readouterr().err
+  assert e.value.code == 2 and "t_start must be in" in capsys.readouterr().err
   assert not (tmp_path / "ship3").exists()
+  scores = tmp_path / "recipes.json"
+  scores.write_text(json.dumps({"runs": [{"run": "a", "sr/score": 1.5, "den/x": 0.1, "dir": "d"}]}))
+  module.main([f"--src={dst}", f"--dst={tmp_path / 'ship4'}", f"--metrics_from={scores}"])
+  assert pretrained.verify(tmp_path / "ship4")["metrics"] == {"sr/score": 1.5, "den/x": 0.1}
 
 
 def test_scripts_default_to_the_checkpoints_sampling_config(checkpoint):
