@@ -18,25 +18,37 @@ from conftest import REPO
 sys.path.insert(0, str(REPO / "benchmarks"))
 import _bench  # noqa: E402
 
-# configs/tiny.py made smaller still (as tests/test_sample_cli.py does): compiles in seconds.
-MICRO_CONFIG = f"""
+# configs/tiny.py made smaller still: 32x32 images (middle attention at 16x16), 8 channels;
+# compiles in seconds. bf16_check.py reads the bundled 128x128 slices: it gets the 128 px one.
+MICRO_CONFIG = """
 from vdm_mri.model import load_config_file
 
 
 def get_config():
-  config = load_config_file({str(REPO / "configs" / "tiny.py")!r})
-  config.model.ch, config.model.ch_mult = 8, (1, 1, 1, 1)
+  config = load_config_file({tiny!r})
+  config.data.image_size = {size}
+  config.model.ch, config.model.ch_mult = 8, {ch_mult}
   config.schedule.hidden = 16
   return config
 """
 SAMPLE_BATCH, SAMPLE_STEPS = 2, 3
 
 
+def _write_config(tmp_path_factory, size: int, ch_mult) -> str:
+  path = tmp_path_factory.mktemp("configs") / f"micro{size}.py"
+  path.write_text(MICRO_CONFIG.format(tiny=str(REPO / "configs" / "tiny.py"), size=size,
+                                      ch_mult=ch_mult))
+  return path
+
+
 @pytest.fixture(scope="module")
 def micro_config(tmp_path_factory):
-  path = tmp_path_factory.mktemp("configs") / "micro.py"
-  path.write_text(MICRO_CONFIG)
-  return path
+  return _write_config(tmp_path_factory, 32, (1, 2))
+
+
+@pytest.fixture(scope="module")
+def micro_config_128(tmp_path_factory):
+  return _write_config(tmp_path_factory, 128, (1, 1, 1, 1))
 
 
 def run_script(name: str, *flags: str) -> str:
@@ -83,7 +95,7 @@ def test_forward_prints_parameters_flops_speed_and_na_peaks_on_cpu(forward_fp32)
 def test_sampling_flops_are_forward_flops_times_batch_times_steps(micro_config, forward_fp32):
   # XLA counts the sampler's scan body once; the script must scale it to all T steps.
   out = run_script("sample_speed", f"--config={micro_config}", f"--batch={SAMPLE_BATCH}",
-                   f"--steps={SAMPLE_STEPS}", "--repeats=1", "--progress_every=1",
+                   f"--steps={SAMPLE_STEPS}", "--lowres=16", "--repeats=1", "--progress_every=1",
                    f"--batches={SAMPLE_BATCH}")
   total = number(r"guided sampling GFLOP per run of \d+ x \d+ steps \(.*\): ([\d.e+-]+)", out)
   expected = forward_gflop(forward_fp32) * SAMPLE_BATCH * SAMPLE_STEPS
@@ -166,8 +178,8 @@ def test_out_of_memory_is_told_from_other_runtime_errors():
   assert not _bench.is_out_of_memory(ValueError("RESOURCE_EXHAUSTED"))
 
 
-def test_bf16_check_compares_dtype_and_seed_differences(micro_config):
-  out = run_script("bf16_check", f"--config={micro_config}", "--num_images=1",
+def test_bf16_check_compares_dtype_and_seed_differences(micro_config_128):
+  out = run_script("bf16_check", f"--config={micro_config_128}", "--num_images=1",
                    "--num_samples=1", "--steps=2", "--batch_size=1")
   d_dtype = number(r"bf16 vs fp32 \(same seed\) ([\d.e+-]+)", out)
   d_seed = number(r"fp32 seed B vs seed A ([\d.e+-]+)", out)
