@@ -14,6 +14,8 @@ of --repeats further calls, each ending when the result is on the host.
 """
 
 import argparse
+import os
+import pathlib
 import sys
 import time
 
@@ -61,7 +63,9 @@ def main(argv=None):
   images = data.read_npz(vdm_mri.SAMPLE_DATA).images[:1].astype(np.float32) / data.QUANT_MAX
   full = prior.image_shape
   y0 = np.asarray(kspace.measure(images, (h, w)))
-  print(f"prior {prior.path}: {prior.config.model.kind} ch={prior.config.model.get('ch')}; one "
+  shown = os.path.relpath(prior.path) if prior.path.is_relative_to(pathlib.Path.cwd()) else (
+      prior.path.name)  # no machine's directories in printed (and committed) output
+  print(f"prior {shown}: {prior.config.model.kind} ch={prior.config.model.get('ch')}; one "
         f"{h}x{w} slice -> {full[0]}x{full[1]} on {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s)")
   rows = []
