@@ -9,9 +9,10 @@ _common.pick_slices) at every `--sizes` low-res matrix, noise-free:
     python experiments/sampler_compare.py --outdir=experiments/results/samplers
 
 `--append` adds the settings to the comparison already in --outdir (same checkpoint and slices;
-a setting run again replaces its rows). Writes samplers.csv (set, lowres, setting, sampler, steps, k, eta, t_start, nfe, psnr, ssim,
-psnr_gain, ssim_gain, coverage, corr; coverage = P(|mean - gt| ≤ 2·std) and corr = r(std,
-|mean - gt|) over head pixels, blank for K = 1), samplers.json (with the settings and subsets),
+a setting run again replaces its rows). Writes samplers.csv (set, lowres, setting, sampler,
+steps, k, eta, t_start, nfe, psnr, ssim, psnr_gain, ssim_gain, coverage, corr; coverage =
+P(|mean - gt| ≤ 2·std) and corr = r(std, |mean - gt|) over head pixels, blank for K = 1),
+samplers.json (with the settings and subsets),
 samplers.png (PSNR gain over zero-filling against network evaluations, one panel per set and
 size, one line per sampler family) and samplers.md (the table of the results document: per
 setting the PSNR / SSIM gain in every case, their mean and the mean ±2σ coverage, by cost).
@@ -64,7 +65,8 @@ class Setting:
 
   @property
   def name(self) -> str:
-    return f"{self.sampler}:{self.steps}:{self.k}:{self.eta:g}:{self.t_start:g}"
+    return _common.api.SamplingOptions(sampler=self.sampler, steps=self.steps, num_samples=self.k,
+                                       eta=self.eta, t_start=self.t_start).setting
 
 
 def parse_setting(text: str) -> Setting:
