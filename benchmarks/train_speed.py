@@ -24,7 +24,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 # benchmarks/_bench.py
 from _bench import flops_of, memory_line, throughput_line, load_config
 from vdm_mri import model as model_lib
-from vdm_mri import sampling, train
+from vdm_mri import optim, sampling, train
 
 
 def main():
@@ -42,7 +42,7 @@ def main():
   batch_size = config.training.batch_size
   model = model_lib.from_config(config)
   optimizer = ml_collections.FrozenConfigDict(config.optimizer)
-  tx, _ = train.make_optimizer(optimizer)
+  tx, _ = optim.make_optimizer(optimizer)
   state = jax.device_get(train.create_train_state(model, tx, jax.random.key(0)))
   levels = 2**config.data.bits - 1
   images = np.random.default_rng(0).integers(0, levels + 1, (batch_size, *model.image_shape))

@@ -63,7 +63,7 @@ def get_config():
   config.optimizer.grad_clip = 1.0  # global-norm gradient clipping (0 = off)
   config.optimizer.ema_rate = 0.9999  # EMA of the parameters used for evaluation and sampling
   # > 0: instead of ema_rate, an EMA whose half-life (in images) grows as ema_rampup_ratio times
-  # the images seen, up to this cap (EDM, Karras et al. 2022; train.make_ema_rate)
+  # the images seen, up to this cap (EDM, Karras et al. 2022; optim.make_ema_rate)
   config.optimizer.ema_halflife_images = 0.0
   config.optimizer.ema_rampup_ratio = 0.05
 

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 import _common
-from vdm_mri import validation
+from vdm_mri import api, validation
 
 
 def training_stats(workdir: pathlib.Path) -> dict:
@@ -73,8 +73,9 @@ def main(argv=None):
                                       gamma_min=model.gamma_min, gamma_max=model.gamma_max,
                                       bits=model.bits, key=jax.random.key(args.seed + 1))
     values = bands(model, params)
-    sr = validation.SRValidation(picked, steps=_common.num_steps(args),
-                                 num_samples=args.num_samples, key=jax.random.key(args.seed))
+    options = api.SamplingOptions(steps=_common.num_steps(args), num_samples=args.num_samples,
+                                  batch_size=8)  # the paper's sampler
+    sr = validation.SRValidation(picked, options=options, key=jax.random.key(args.seed))
     values.update(sr(model, params))
     row = {"run": name, "dir": _common.display_path(path), **training_stats(path), **values,
            "seconds": time.perf_counter() - start}

@@ -20,7 +20,6 @@ setting the PSNR / SSIM gain in every case, their mean and the mean ±2σ covera
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import pathlib
 import time
@@ -46,47 +45,29 @@ DEFAULT_SETTINGS = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class Setting:
-  sampler: str
-  steps: int
-  k: int
-  eta: float = 0.85
-  t_start: float = 1.0
-
-  @property
-  def nfe(self) -> int:
-    return self.steps * self.k
-
-  @property
-  def family(self) -> str:
-    warm = f", t0={self.t_start:g}" if self.t_start < 1 else ""
-    return f"{self.sampler}{f' eta={self.eta:g}' if self.sampler == 'projection' else ''}{warm}"
-
-  @property
-  def name(self) -> str:
-    return _common.api.SamplingOptions(sampler=self.sampler, steps=self.steps, num_samples=self.k,
-                                       eta=self.eta, t_start=self.t_start).setting
+def parse_setting(text: str, batch_size: int) -> _common.api.SamplingOptions:
+  """A setting `sampler:steps:K[:eta[:t_start]]` (api.SamplingOptions.with_setting), the
+  final projection on, `batch_size` images per compiled call."""
+  return _common.api.SamplingOptions(batch_size=batch_size).with_setting(text)
 
 
-def parse_setting(text: str) -> Setting:
-  """A setting `sampler:steps:K[:eta[:t_start]]` (api.SamplingOptions.with_setting)."""
-  opts = _common.api.SamplingOptions().with_setting(text)
-  return Setting(opts.sampler, opts.steps, opts.num_samples, opts.eta, opts.t_start)
+def family(setting) -> str:
+  """The curve a setting belongs to: its sampler, η (projection) and warm start."""
+  warm = f", t0={setting.t_start:g}" if setting.t_start < 1 else ""
+  eta = f" eta={setting.eta:g}" if setting.sampler == "projection" else ""
+  return f"{setting.sampler}{eta}{warm}"
 
 
-def run_setting(model, params, x, subj, y0, zf_scores, setting: Setting, key, batch_size: int):
-  post = sampling.posterior_samples(
-      model, params, y0, key=key, num_samples=setting.k, num_steps=setting.steps,
-      final_projection=True, batch_size=batch_size, sampler=setting.sampler, eta=setting.eta,
-      t_start=setting.t_start)
+def run_setting(model, params, x, subj, y0, zf_scores, setting, key):
+  post = sampling.posterior_samples(model, params, y0, key=key, **setting.posterior_kwargs())
   got = {k: float(v) for k, v in _common.scores(x, post.mean, subj).items()}
-  row = {"setting": setting.name, "sampler": setting.sampler, "steps": setting.steps,
-         "k": setting.k, "eta": setting.eta, "t_start": setting.t_start, "nfe": setting.nfe,
+  row = {"setting": setting.setting, "sampler": setting.sampler, "steps": setting.steps,
+         "k": setting.num_samples, "eta": setting.eta, "t_start": setting.t_start,
+         "nfe": setting.nfe,
          "psnr": got["psnr"], "ssim": got["ssim"],
          "psnr_gain": got["psnr"] - zf_scores["psnr"], "ssim_gain": got["ssim"] - zf_scores["ssim"],
          "coverage": "", "corr": ""}
-  if setting.k > 1:
+  if setting.num_samples > 1:
     cal = curves.calibration(x, post.mean, post.std)["head"]
     row.update(coverage=cal["coverage"], corr=cal["corr"])
   return row
@@ -141,7 +122,7 @@ def previous_rows(outdir: pathlib.Path, checkpoint: str, subsets: dict, settings
   if old["checkpoint"] != checkpoint or old["subsets"] != subsets:
     raise _common.api.InputError(f"--append: {path} was run with another checkpoint or slices "
                                    f"({old['checkpoint']})")
-  names = {s.name for s in settings}
+  names = {s.setting for s in settings}
   return [r for r in old["rows"] if r["setting"] not in names]
 
 
@@ -155,11 +136,12 @@ def main(argv=None):
                  help="add to the comparison in --outdir instead of replacing it")
   args = p.parse_args(argv)
   with _common.exit_on_bad_input():
-    settings = [parse_setting(t) for t in args.settings.split(",") if t.strip()]
+    settings = [parse_setting(t, args.batch_size) for t in args.settings.split(",") if t.strip()]
     vdm_model, params = _common.load_model(args)
     sets = _common.load_sets(args)
   if args.quick:
-    settings = [dataclasses.replace(s, steps=min(s.steps, 2), k=min(s.k, 2)) for s in settings[:3]]
+    settings = [s.replace(steps=min(s.steps, 2), num_samples=min(s.num_samples, 2))
+                for s in settings[:3]]
   outdir = pathlib.Path(args.outdir)
   checkpoint = _common.display_path(_common.workdir.resolve(args.checkpoint))
   picked = {name: _common.pick_slices(subjects, args.per_subject, 2 if args.quick else None)
@@ -178,11 +160,11 @@ def main(argv=None):
       for setting in settings:
         start = time.perf_counter()
         row = run_setting(vdm_model, params, x, subj, y0, zf, setting,
-                          jax.random.key(args.seed + 1), args.batch_size)
-        row.update(set=set_name, lowres=size, family=setting.family,
+                          jax.random.key(args.seed + 1))
+        row.update(set=set_name, lowres=size, family=family(setting),
                    seconds=time.perf_counter() - start, zf_psnr=zf["psnr"], zf_ssim=zf["ssim"])
         rows.append(row)
-        print(f"{set_name:>16} {size:>6} {setting.name:>26} nfe {setting.nfe:>4}: "
+        print(f"{set_name:>16} {size:>6} {setting.setting:>26} nfe {setting.nfe:>4}: "
               f"{row['psnr']:.2f} dB ({row['psnr_gain']:+.2f}), SSIM {row['ssim']:.4f} "
               f"({row['ssim_gain']:+.4f}), coverage {row['coverage'] or '-'}", flush=True)
   order = ["set", "lowres", "family"]

@@ -84,11 +84,19 @@ def test_process_share_splits_rows_in_order():
 # ---------------------------------------------------------------------------------------------
 # Real processes.
 
-def _env(devices: int) -> dict:
+def _env(devices: int, cache: str = "") -> dict:
   env = dict(os.environ)
   env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-             JAX_PLATFORMS="cpu", VDM_MRI_COMPILATION_CACHE="")
+             JAX_PLATFORMS="cpu", VDM_MRI_COMPILATION_CACHE=str(cache))
   return env
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+  """One compilation cache, empty at first, for this module's launches: a resumed run loads
+  the programs its first launch compiled, as a user's resumed run does (the test compares its
+  numbers with an uninterrupted run's all the same)."""
+  return tmp_path_factory.mktemp("jax_cache")
 
 
 def _free_port() -> int:
@@ -97,7 +105,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(module: str, args: list[str], processes: int, devices: int = 1):
+def _launch(module: str, args: list[str], processes: int, devices: int = 1, cache=""):
   """Run `python -m module args` as `processes` processes (one alone: no distributed flags);
   fails with the output of the first failing process. Each process writes to its own log file
   (a pipe that nobody drains while waiting on a peer could block it and hang both)."""
@@ -106,7 +114,8 @@ def _launch(module: str, args: list[str], processes: int, devices: int = 1):
                       f"--process_id={i}"] if processes > 1 else [])
   logs = [tempfile.TemporaryFile(mode="w+") for _ in range(processes)]
   procs = [subprocess.Popen([sys.executable, "-m", module, *args, *extra(i)], cwd=REPO,
-                            env=_env(devices), stdout=log, stderr=subprocess.STDOUT, text=True)
+                            env=_env(devices, cache), stdout=log, stderr=subprocess.STDOUT,
+                            text=True)
            for i, log in enumerate(logs)]
   try:
     for p in procs:
@@ -146,7 +155,8 @@ def _train_args(data_dir, workdir, num_steps: int) -> list[str]:
           "--config.schedule.hidden=16", f"--config.training.num_steps={num_steps}",
           "--config.training.log_every=1", "--config.training.eval_every=2",
           "--config.training.eval_batches=1", "--config.training.checkpoint_every=2",
-          "--config.training.sample_every=4", "--config.sampling.steps=2", "--config.optimizer.warmup_steps=2"]
+          "--config.training.sample_every=4", "--config.sampling.steps=2",
+          "--config.optimizer.warmup_steps=2"]
 
 
 def _logged(workdir, name: str) -> dict:
@@ -160,26 +170,30 @@ def _ema_params(workdir):
 
 
 @pytest.fixture(scope="module")
-def one_process_run(data32, tmp_path_factory):
+def one_process_run(data32, cache, tmp_path_factory):
   """4 steps in one process with 2 devices (the same mesh size as 2 processes x 1 device)."""
   workdir = tmp_path_factory.mktemp("one_process")
-  _launch("vdm_mri.train", _train_args(data32, workdir, 4), processes=1, devices=2)
+  _launch("vdm_mri.train", _train_args(data32, workdir, 4), processes=1, devices=2, cache=cache)
   return workdir
 
 
-def test_two_processes_train_and_resume_like_one(data32, one_process_run, tmp_path):
+def test_two_processes_train_and_resume_like_one(data32, one_process_run, cache, tmp_path):
   """2 processes: 2 steps, stop, resume from their checkpoint to step 4; the logged bpd of
   every step, the eval bpd and the final EMA parameters equal one process's uninterrupted run.
   Only process 0 writes metrics and the sample grid."""
   workdir = tmp_path / "two_processes"
-  _launch("vdm_mri.train", _train_args(data32, workdir, 2), processes=2)
+  _launch("vdm_mri.train", _train_args(data32, workdir, 2), processes=2, cache=cache)
   assert sorted(p.name for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == ["2"]
-  _launch("vdm_mri.train", _train_args(data32, workdir, 4), processes=2)  # resumes at step 2
+  _launch("vdm_mri.train", _train_args(data32, workdir, 4), processes=2, cache=cache)  # resumes
+  # Cross-process sums (gloo) and in-process ones differ in the last bits, and Adam scales the
+  # updates of near-zero gradients up to the learning rate: after 3 updates the bpd agree to
+  # ~2e-5 on some CPUs (measured on an AMD EPYC), so the tolerance is 1e-4: a wrong shard or
+  # batch changes the bpd in its first digits.
   for name in ("train/bpd", "train/grad_norm", "eval/bpd"):
     one, two = _logged(one_process_run, name), _logged(workdir, name)
     assert sorted(two) == sorted(one) and len(one) >= 2, name
     np.testing.assert_allclose([two[s] for s in sorted(two)], [one[s] for s in sorted(one)],
-                               rtol=1e-5, err_msg=name)
+                               rtol=1e-4, err_msg=name)
   # Process 0 sampled the grid on its own devices from the global (replicated) parameters.
   assert [p.name for p in (workdir / "samples").iterdir()] == ["step_00000004.png"]
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
@@ -190,15 +204,17 @@ def test_two_processes_train_and_resume_like_one(data32, one_process_run, tmp_pa
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
 
 
-def test_two_processes_super_resolve_like_one(data32, one_process_run, tmp_path):
+def test_two_processes_super_resolve_like_one(data32, one_process_run, cache, tmp_path):
   """The same slices split over 2 processes (5 slices: shares of 3 and 2) give the posterior
   samples of one process; process 0 alone writes the outputs."""
   with np.load(data32 / "x_val.npz") as d:
     np.savez(tmp_path / "five.npz", images=d["images"][:5], subject=d["subject"][:5])
   common = [f"--checkpoint={one_process_run}", "--simulate", f"--input={tmp_path / 'five.npz'}",
             "--lowres=16x16", "--steps=3", "--num_samples=2", "--batch_size=2", "--samples"]
-  _launch("vdm_mri.sample", [*common, f"--output={tmp_path / 'one.npz'}"], processes=1)
-  _launch("vdm_mri.sample", [*common, f"--output={tmp_path / 'two.npz'}"], processes=2)
+  _launch("vdm_mri.sample", [*common, f"--output={tmp_path / 'one.npz'}"], processes=1,
+          cache=cache)
+  _launch("vdm_mri.sample", [*common, f"--output={tmp_path / 'two.npz'}"], processes=2,
+          cache=cache)
   with np.load(tmp_path / "one.npz") as one, np.load(tmp_path / "two.npz") as two:
     assert one["samples"].shape == (5, 2, 32, 32)
     for key in ("samples", "mean", "std", "residual"):

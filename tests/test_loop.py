@@ -26,7 +26,7 @@ class _State:
 
 
 def _run(events, num_steps, actions, *, nan_at=None, signals=(), every=3) -> _Writer:
-  """`train._loop` over a fake step (bpd 1, NaN at step `nan_at`); each action appends
+  """`loop.run` over a fake step (bpd 1, NaN at step `nan_at`); each action appends
   (name, step) to `events`. Returns the metrics writer."""
   writer = _Writer()
 
@@ -38,7 +38,7 @@ def _run(events, num_steps, actions, *, nan_at=None, signals=(), every=3) -> _Wr
   periodic = [loop.Periodic(a.every, lambda s, st, n=name: events.append((n, s)), a.checked,
                             a.final) for name, a in actions.items()]
   with loop.TrainLog(writer, every=every, batch_size=2, step=0, num_steps=num_steps) as log:
-    train._loop(_State(0), step_fn, iter(range(100)), log, periodic, list(signals),
+    loop.run(_State(0), step_fn, iter(range(100)), log, periodic, list(signals),
                 num_steps=num_steps)
   return writer
 

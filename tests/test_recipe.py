@@ -11,7 +11,7 @@ import pytest
 
 from conftest import load_config
 from vdm_mri import model as model_lib
-from vdm_mri import pretrained, sampling, train, unet, validation, vdm
+from vdm_mri import optim, pretrained, sampling, train, unet, validation, vdm
 from vdm_mri.data import augment
 
 
@@ -201,7 +201,7 @@ def test_train_step_with_patches_flips_and_weighting_updates_every_size():
   options, patches = train.step_options(config)
   assert options.flip and options.weighting == vdm.Weighting(config.loss.sigmoid_bias)
   model = model_lib.from_config(config)
-  tx, _ = train.make_optimizer(config.optimizer)
+  tx, _ = optim.make_optimizer(config.optimizer)
   state = jax.device_get(train.create_train_state(model, tx, jax.random.key(0)))
   mesh = sampling.make_mesh(jax.devices()[:1])
   optimizer = ml_collections.FrozenConfigDict(config.optimizer)

@@ -12,7 +12,7 @@ from PIL import Image
 
 import vdm_mri
 from conftest import REPO, load_config
-from vdm_mri import baselines, data, kspace, sample, train
+from vdm_mri import baselines, data, kspace, optim, sample, train
 from vdm_mri import workdir as workdir_lib
 from vdm_mri import model as model_lib
 
@@ -32,7 +32,7 @@ def workdir(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("work")
   config = _tiny_config()
   model = model_lib.from_config(config)
-  tx, _ = train.make_optimizer(config.optimizer)
+  tx, _ = optim.make_optimizer(config.optimizer)
   state = train.create_train_state(model, tx, jax.random.key(0))
   iterator = data.train_iterator(data.ArraySource(np.zeros((8, 128, 128), np.uint16)),
                                  global_batch=8, seed=0)

@@ -27,7 +27,7 @@ from tensorboardX.record_writer import masked_crc32c
 
 import vdm_mri
 from conftest import REPO, load_config
-from vdm_mri import data, metric_writer, sampling, train, validation
+from vdm_mri import data, metric_writer, optim, sampling, train, validation
 from vdm_mri import workdir as workdir_lib
 from vdm_mri import model as model_lib
 
@@ -289,7 +289,7 @@ def test_missing_data_is_a_one_line_error(tmp_path, monkeypatch):
 
 def test_weight_decay_skips_biases_norm_scales_and_schedule(reference):
   params = reference[1].params
-  mask = train.decay_mask(params)
+  mask = optim.decay_mask(params)
   names = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
   assert any("GroupNorm" in k and k.endswith("['scale']") for k in names)
   assert any(k.endswith("['bias']") and np.ndim(x) == 3  # the attention's qkv bias
@@ -300,7 +300,7 @@ def test_weight_decay_skips_biases_norm_scales_and_schedule(reference):
   # From zero moments and zero gradients, AdamW's update is the decay alone: -lr·wd·p or 0.
   opt = load_config("tiny").optimizer
   opt.warmup_steps = 0  # no warm-up: the full learning rate from step 0
-  tx, lr_fn = train.make_optimizer(opt)
+  tx, lr_fn = optim.make_optimizer(opt)
   first_update = jax.jit(lambda p: tx.update(jax.tree.map(jnp.zeros_like, p), tx.init(p), p)[0])
   updates = first_update(params)
   decay = float(lr_fn(0)) * opt.weight_decay
@@ -314,7 +314,7 @@ def test_parameterless_schedule_trains_state_and_checkpoints(tmp_path):
   """fixed_linear: params["gamma"] == {} must survive the optimiser and a checkpoint."""
   params = {"score": {"Conv_0": {"kernel": np.ones((3, 3, 1, 2), np.float32),
                                  "bias": np.ones((2,), np.float32)}}, "gamma": {}}
-  tx, _ = train.make_optimizer(load_config("tiny").optimizer)
+  tx, _ = optim.make_optimizer(load_config("tiny").optimizer)
   state = train.TrainState(step=np.int32(3), params=params, ema_params=params,
                            opt_state=tx.init(params), key=np.array([1, 2], np.uint32))
   state = _replicated(state)
@@ -402,12 +402,12 @@ def test_evaluation_batches_span_the_whole_validation_set():
 def test_ema_half_life_grows_with_images_seen():
   opt = ml_collections.ConfigDict(dict(ema_rate=0.9999, ema_halflife_images=1000.0,
                                        ema_rampup_ratio=0.1))
-  rate = train.make_ema_rate(opt)
+  rate = optim.make_ema_rate(opt)
   for step, batch in [(0, 8), (99, 8), (5000, 8), (10**6, 4)]:
     halflife = min(1000.0, 0.1 * (step + 1) * batch)
     # The rate halves the weight of the past every `halflife` images.
     assert float(rate(jnp.int32(step), batch)) ** (halflife / batch) == pytest.approx(0.5, 1e-4)
-  assert train.make_ema_rate(ml_collections.ConfigDict(dict(ema_rate=0.99))) == 0.99
+  assert optim.make_ema_rate(ml_collections.ConfigDict(dict(ema_rate=0.99))) == 0.99
 
 
 def test_ema_update_uses_the_scheduled_rate():
@@ -417,11 +417,11 @@ def test_ema_update_uses_the_scheduled_rate():
   config.data.image_size = 8  # a program of its own (its EMA rate): the smallest one
   config.model.update(ch=4, attn_resolutions=())
   model = model_lib.from_config(config)
-  tx, lr_fn = train.make_optimizer(config.optimizer)
+  tx, lr_fn = optim.make_optimizer(config.optimizer)
   state = train.create_train_state(model, tx, jax.random.key(0))
   batch = {"image": jnp.full((8, 8, 8, 1), 0.5)}
   step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, lr_fn=lr_fn,
-                                   num_steps=10, ema_rate=train.make_ema_rate(opt)))
+                                   num_steps=10, ema_rate=optim.make_ema_rate(opt)))
   state, _ = step(state, batch)  # EMA != parameters from here on
   new, metrics = step(state, batch)
   rate = 0.5 ** (8 / 64)

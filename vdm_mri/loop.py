@@ -6,13 +6,14 @@ stop on a non-finite loss, and a stop on SIGTERM/SIGINT that lets the loop save 
     with stop_on_signals() as signals, TrainLog(writer, every=10, …) as log:
       for each step: log.add(metrics); due = [a for a in actions if a.due(step, last)] …
 
-`train._loop` is the loop itself.
+`run` is the loop itself.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging as py_logging
 import signal
 import threading
 import time
@@ -144,3 +145,34 @@ def stop_requested(signals: list[int], check_all: bool) -> bool:
     return False
   from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return bool(multihost_utils.process_allgather(np.array(bool(signals))).any())
+
+
+def run(state, step_fn, batches, log: TrainLog, actions: list[Periodic], signals, *,
+        num_steps: int):
+  """Steps until `num_steps`: each step's metrics go to `log` (flushed every `log.every` steps
+  and before a checked action), then the actions due run; a signal stops the run after the
+  final actions (the checkpoint) with TrainingInterrupted."""
+  step = int(state.step)
+  while step < num_steps:
+    state, metrics = step_fn(state, next(batches), step)
+    step += 1
+    log.add(metrics)
+    stopping = stop_requested(signals, check_all=step % log.every == 0)
+    due = [a for a in actions if a.due(step, last=stopping or step == num_steps)]
+    flush = step % log.every == 0 or any(a.checked for a in due)
+    if flush:
+      log.flush(step)  # NonFiniteLoss: nothing evaluated or saved
+    for action in due:
+      action.fn(step, state)
+    if stopping:
+      raise TrainingInterrupted(signals[0], step, state)
+    if flush:
+      log.restart_clock(step)
+  return state
+
+
+class QuietLibraries(py_logging.Filter):
+  """Drops INFO records from Orbax (dozens per checkpoint); warnings and errors pass."""
+
+  def filter(self, record):
+    return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname

@@ -1,9 +1,10 @@
 """Training: `python -m vdm_mri.train --config=configs/brain128.py --workdir=DIR`.
 
-The train state with its optimiser and EMA, the pure train and eval steps and their jitted,
-data-parallel forms, the loop with its periodic actions (`loop.Periodic`: evaluate, validate by
-SR, sample grid — `validation` — and checkpoint), and the command. The work dir's layout
-(checkpoints, config.json, best/, warm starts) is `workdir`'s.
+The train state (its optimiser and EMA are `optim`'s), the pure train and eval steps and
+their jitted, data-parallel forms, the run with its periodic actions (`loop.Periodic`:
+evaluate, validate by SR, sample grid — `validation` — and checkpoint; `loop.run` steps), and
+the command. The work dir's layout (checkpoints, config.json, best/, warm starts) is
+`workdir`'s.
 
 Flags: --config (with --config.a.b=… overrides), --workdir, --data_dir (overrides
 config.data.path), --init_from (a params dir to start a new work dir from: the shipped prior
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging as py_logging
 import pathlib
 import sys
 from typing import Any
@@ -42,7 +42,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from ml_collections import config_flags
 
 import vdm_mri
-from vdm_mri import data, distributed, loop, metric_writer, sampling, validation, vdm, workdir
+from vdm_mri import data, distributed, loop, metric_writer, optim, sampling, validation, vdm
+from vdm_mri import workdir
 from vdm_mri import model as model_lib
 from vdm_mri.data import augment
 from vdm_mri.distributed import host_copy, make_global_batch
@@ -50,7 +51,7 @@ from vdm_mri.loop import NonFiniteLoss, Periodic, TrainingInterrupted
 
 
 # --------------------------------------------------------------------------------------------
-# State and optimiser.
+# State.
 # --------------------------------------------------------------------------------------------
 @flax.struct.dataclass
 class TrainState:
@@ -59,49 +60,6 @@ class TrainState:
   ema_params: Any  # EMA of params (evaluation and sampling use these)
   opt_state: Any
   key: jax.Array  # uint32 [2], raw key data; step key = fold_in(key, step)
-
-
-def decay_mask(params):
-  """True where AdamW decays: everything but biases, norm scales and the schedule ("gamma")."""
-  def decays(path, _):
-    return path[0].key != "gamma" and path[-1].key not in ("bias", "scale")
-  return jax.tree.map_with_path(decays, params)
-
-
-def make_optimizer(opt) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Global-norm clipping + AdamW with linear warm-up; `opt` = config.optimizer."""
-  lr_fn = (optax.linear_schedule(0.0, opt.learning_rate, opt.warmup_steps) if opt.warmup_steps
-           else optax.constant_schedule(opt.learning_rate))
-  tx = optax.chain(
-      optax.clip_by_global_norm(opt.grad_clip) if opt.grad_clip > 0 else optax.identity(),
-      optax.adamw(lr_fn, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
-                  mask=decay_mask))
-  return tx, lr_fn
-
-
-def optimizer_steps(opt_state):
-  """Updates the optimiser has made (its schedule's count): the training step, except after a
-  warm start, which begins a fresh optimiser (and learning-rate warm-up) at a later step."""
-  counts = [c for _, c in optax.tree_utils.tree_get_all_with_path(opt_state, "count")]
-  return counts[-1] if counts else jnp.zeros((), jnp.int32)
-
-
-def make_ema_rate(opt):
-  """The EMA decay per step: `opt.ema_rate`, or with `opt.ema_halflife_images` > 0 an EMA whose
-  half-life grows with the images seen (Karras et al. 2022, EDM): half-life
-  h = min(ema_halflife_images, ema_rampup_ratio·images seen) images, rate = 0.5^(batch / h).
-  A fixed rate such as 0.9999 averages over ~7000 steps and barely moves in a short CPU run;
-  the growing half-life always averages over the latest fraction of training."""
-  halflife = float(opt.get("ema_halflife_images", 0.0))
-  if halflife <= 0:
-    return opt.ema_rate
-  ratio = float(opt.get("ema_rampup_ratio", 0.05))
-
-  def rate(step, batch: int):
-    seen = (step.astype(jnp.float32) + 1.0) * batch
-    h = jnp.minimum(halflife, ratio * seen) if ratio > 0 else jnp.float32(halflife)
-    return jnp.power(0.5, batch / jnp.maximum(h, 1e-8))
-  return rate
 
 
 def create_train_state(model: model_lib.VDM, tx, key) -> TrainState:
@@ -147,7 +105,7 @@ def train_step(state: TrainState, batch, *, model: model_lib.VDM, tx, lr_fn, num
   """One AdamW update on the mean loss of the global batch {'image': [B, H, W, 1]}: the bpd
   bound, or `options.weighting`'s objective, on whole images or `options.patch` crops.
 
-  `ema_rate`: a float, or fn(step, global batch) -> rate (`make_ema_rate`)."""
+  `ema_rate`: a float, or fn(step, global batch) -> rate (`optim.make_ema_rate`)."""
   key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
   images, coords = batch["image"], None
   if options.flip or options.patch:
@@ -172,7 +130,8 @@ def train_step(state: TrainState, batch, *, model: model_lib.VDM, tx, lr_fn, num
   metrics = {
       "bpd": loss, "prior": terms.prior.mean(), "recon": terms.recon.mean(),
       "diffusion": terms.diffusion.mean(), "grad_norm": grad_norm,
-      "learning_rate": lr_fn(optimizer_steps(state.opt_state)), "gamma_0": gamma_01[0], "gamma_1": gamma_01[1],
+      "learning_rate": lr_fn(optim.optimizer_steps(state.opt_state)),
+      "gamma_0": gamma_01[0], "gamma_1": gamma_01[1],
       "ema_rate": jnp.asarray(rate, jnp.float32),
       "finite": jnp.isfinite(loss) & jnp.isfinite(grad_norm),
   }
@@ -198,9 +157,9 @@ def jit_train_step(mesh, model: model_lib.VDM, optimizer, num_steps: int,
   `optimizer`: FrozenConfigDict(config.optimizer). Cached on its (hashable) arguments, so that
   runs in one process (tests, benchmarks) trace and compile once (once per patch size).
   """
-  tx, lr_fn = make_optimizer(optimizer)
+  tx, lr_fn = optim.make_optimizer(optimizer)
   step = functools.partial(train_step, model=model, tx=tx, lr_fn=lr_fn, num_steps=num_steps,
-                           ema_rate=make_ema_rate(optimizer), options=options)
+                           ema_rate=optim.make_ema_rate(optimizer), options=options)
   replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   return jax.jit(step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated),
                  donate_argnums=0)
@@ -280,7 +239,7 @@ def train_and_evaluate(config, workdir_path, init_from: str | None = None,
       logging.warning("data set %s has no validation split: it is not evaluated", s.name)
   weights = data.parse_weights(config.data.get("weights", ""), len(sets))
   model = model_lib.from_config(config)
-  tx, _ = make_optimizer(config.optimizer)
+  tx, _ = optim.make_optimizer(config.optimizer)
   mesh = sampling.make_mesh(jax.devices())
   if config.training.batch_size % mesh.size:
     raise ValueError(f"batch_size {config.training.batch_size} is not divisible by the "
@@ -314,7 +273,7 @@ def train_and_evaluate(config, workdir_path, init_from: str | None = None,
     with loop.stop_on_signals() as signals, loop.TrainLog(
         writer, every=config.training.log_every, batch_size=config.training.batch_size,
         step=int(state.step), num_steps=config.training.num_steps) as log:
-      state = final = _loop(state, step_fn, batches, log, actions, signals,
+      state = final = loop.run(state, step_fn, batches, log, actions, signals,
                             num_steps=config.training.num_steps)
   except NonFiniteLoss as e:
     mngr.wait_until_finished()
@@ -333,30 +292,6 @@ def train_and_evaluate(config, workdir_path, init_from: str | None = None,
     mngr.close()
     writer.close()
   logging.info("done: step %d; checkpoints in %s", int(state.step), mngr.directory)
-  return state
-
-
-def _loop(state, step_fn, batches, log: loop.TrainLog, actions: list[Periodic], signals, *,
-          num_steps: int) -> TrainState:
-  """Steps until `num_steps`: each step's metrics go to `log` (flushed every `log.every` steps
-  and before a checked action), then the actions due run; a signal stops the run after the
-  final actions (the checkpoint) with TrainingInterrupted."""
-  step = int(state.step)
-  while step < num_steps:
-    state, metrics = step_fn(state, next(batches), step)
-    step += 1
-    log.add(metrics)
-    stopping = loop.stop_requested(signals, check_all=step % log.every == 0)
-    due = [a for a in actions if a.due(step, last=stopping or step == num_steps)]
-    flush = step % log.every == 0 or any(a.checked for a in due)
-    if flush:
-      log.flush(step)  # NonFiniteLoss: nothing evaluated or saved
-    for action in due:
-      action.fn(step, state)
-    if stopping:
-      raise TrainingInterrupted(signals[0], step, state)
-    if flush:
-      log.restart_clock(step)
   return state
 
 
@@ -381,15 +316,8 @@ def define_flags():
   flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries(py_logging.Filter):
-  """Drops INFO records from Orbax (dozens per checkpoint); warnings and errors pass."""
-
-  def filter(self, record):
-    return record.levelno >= py_logging.WARNING or "orbax" not in record.pathname
-
-
 def main(argv):
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  logging.get_absl_handler().addFilter(loop.QuietLibraries())
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   flag_values = flags.FLAGS

@@ -14,8 +14,8 @@ scored per subject volume with the fastMRI metrics (`metrics.evaluate`). The sco
 checkpoints is the mean PSNR gain of the posterior mean over zero-filling, over sets and
 resolutions.
 
-    sr = SRValidation({"brain_t1w": (images, subjects)}, lowres=((64, 64), (32, 32)), steps=100,
-                      num_samples=2, key=key)
+    sr = SRValidation({"brain_t1w": (images, subjects)}, lowres=((64, 64), (32, 32)),
+                      options=SamplingOptions(steps=100, num_samples=2), key=key)
     values = sr(model, params)   # {"sr/brain_t1w/32x32/psnr": ..., "sr/score": ...}
 """
 
@@ -34,6 +34,7 @@ from absl import logging
 
 from vdm_mri import (baselines, data, distributed, figures, kspace, metrics, sampling, schedule,
                      vdm, workdir)
+from vdm_mri.api import SamplingOptions
 from vdm_mri.loop import Periodic
 
 
@@ -62,15 +63,11 @@ class _Case:
 class SRValidation:
   """Guided SR of fixed validation slices: a callable (model, params) -> {metric name: value}."""
 
-  def __init__(self, sets: dict, *, lowres=((64, 64), (32, 32)), steps: int = 100,
-               num_samples: int = 2, lam: float = 1.0, final_projection: bool = True,
-               batch_size: int = 8, key=None, sampler: str = "paper", eta: float = 0.85,
-               t_start: float = 1.0):
+  def __init__(self, sets: dict, *, lowres=((64, 64), (32, 32)),
+               options: SamplingOptions | None = None, key=None):
     """`sets`: {name: (images [N, H, W] float in [0, 1], subjects [N])}, already subset;
-    the sampling options as in `sampling.posterior_samples`."""
-    self.steps, self.num_samples, self.lam = steps, num_samples, lam
-    self.sampler, self.eta, self.t_start = sampler, eta, t_start
-    self.final_projection, self.batch_size = final_projection, batch_size
+    `options`: how the posterior is sampled (default: 100 paper steps, K = 2)."""
+    self.options = SamplingOptions(steps=100, num_samples=2) if options is None else options
     self.key = jax.random.key(0) if key is None else key
     self.cases = []
     for set_name, (images, subjects) in sets.items():
@@ -90,11 +87,9 @@ class SRValidation:
     (mean PSNR gain in dB over all cases: the checkpoint-selection criterion)."""
     values, gains = {}, []
     for i, case in enumerate(self.cases):
-      post = sampling.posterior_samples(
-          model, params, case.y0, key=jax.random.fold_in(self.key, i),
-          num_samples=self.num_samples, lam=self.lam, num_steps=self.steps,
-          final_projection=self.final_projection, batch_size=self.batch_size,
-          sampler=self.sampler, eta=self.eta, t_start=self.t_start)
+      post = sampling.posterior_samples(model, params, case.y0,
+                                        key=jax.random.fold_in(self.key, i),
+                                        **self.options.posterior_kwargs())
       got = _scores(case.images, post.mean, case.subjects)
       for k, v in got.items():
         values[f"sr/{case.name}/{k}"] = v
@@ -246,9 +241,7 @@ def make_sr_validation(val_sets: dict, cfg, key) -> SRValidation:
     idx = pick_slices(batch["subject"], cfg.per_subject)
     subsets[name] = (batch["image"][idx, ..., 0], batch["subject"][idx])
   lowres = [kspace.parse_size(item) for item in cfg.lowres.split(",")]
-  return SRValidation(subsets, lowres=lowres, steps=cfg.steps, num_samples=cfg.num_samples,
-                      batch_size=cfg.batch_size, key=key, sampler=cfg.get("sampler", "paper"),
-                      eta=cfg.get("eta", 0.85), t_start=cfg.get("t_start", 1.0))
+  return SRValidation(subsets, lowres=lowres, options=SamplingOptions.from_config(cfg), key=key)
 
 
 class BestBySR:
@@ -294,7 +287,7 @@ def best_by_sr(config, model, val_sets: dict, directory, writer, key) -> BestByS
 class SampleGrid:
   """workdir/samples/step_N.png (and the image "samples" in TensorBoard): prior samples, and 4x
   (H/4 x W/4 k-space centre) guided reconstructions of fixed validation images beside
-  zero-filling and the ground truth; `cfg` = config.sampling (steps, lam, final_projection)."""
+  zero-filling and the ground truth; `cfg` = config.sampling (one sample per image)."""
 
   model: object
   images: np.ndarray  # [n, H, W] in [0, 1]
@@ -306,12 +299,12 @@ class SampleGrid:
   def __call__(self, step: int, params):
     full = self.images.shape[1:]
     y0 = kspace.measure(jnp.asarray(self.images), (full[0] // 4, full[1] // 4))
-    kwargs = dict(num_steps=self.cfg.steps, batch_size=len(self.images))
-    guided = sampling.posterior_samples(self.model, params, y0, key=self.key, num_samples=1,
-                                        lam=self.cfg.lam,
-                                        final_projection=self.cfg.final_projection, **kwargs)
+    options = SamplingOptions.from_config(self.cfg, num_samples=1, batch_size=len(self.images))
+    guided = sampling.posterior_samples(self.model, params, y0, key=self.key,
+                                        **options.posterior_kwargs())
     prior = sampling.prior_samples(self.model, params, key=jax.random.fold_in(self.key, 1),
-                                   num=len(self.images), **kwargs)
+                                   num=len(self.images), num_steps=options.steps,
+                                   batch_size=options.batch_size)
     rows = {"prior": prior, "zero-fill": np.asarray(baselines.zero_fill(y0, full)),
             "guided 4x": guided.mean, "truth": self.images}
     image = figures.grid(rows)
