@@ -187,10 +187,15 @@ def test_sigterm_saves_and_resume_is_bit_identical(reference, data_dir, tmp_path
 
 def test_state_dir_continues_the_run_with_its_parameters_and_data_stream(data_dir, tmp_path,
                                                                          monkeypatch):
-  first = jax.device_get(train.train_and_evaluate(_config(data_dir, num_steps=2),
+  exports = []
+  real_export = workdir_lib.export_state
+  monkeypatch.setattr(workdir_lib, "export_state", lambda *a, **k: (
+      exports.append(k["step"]), real_export(*a, **k))[1])
+  first = jax.device_get(train.train_and_evaluate(_config(data_dir, num_steps=3),
                                                   tmp_path / "a", state_dir=tmp_path / "state"))
+  assert exports == [2, 3]  # with the checkpoint at step 2, and at the end (once each)
   manifest = json.loads((tmp_path / "state" / "manifest.json").read_text())
-  assert manifest["step"] == 2 and manifest["data_seed"] == 0 and manifest["data_state"]
+  assert manifest["step"] == 3 and manifest["data_seed"] == 0 and manifest["data_state"]
   raw = vdm_mri.pretrained.load_params(tmp_path / "state", raw=True)
   jax.tree.map(np.testing.assert_array_equal, raw, first.params)
   ema = vdm_mri.pretrained.load_params(tmp_path / "state")
@@ -204,13 +209,13 @@ def test_state_dir_continues_the_run_with_its_parameters_and_data_stream(data_di
 
   _hook_steps(monkeypatch, record)
   train.train_and_evaluate(_config(data_dir), tmp_path / "b", init_from=tmp_path / "state")
-  assert [s for s, _, _ in seen] == [2, 3]
+  assert [s for s, _, _ in seen] == [3]
   jax.tree.map(np.testing.assert_array_equal, seen[0][1], first.params)  # the raw parameters
-  # The data stream goes on where it stopped: batches 3 and 4 of the run's own stream.
+  # The data stream goes on where it stopped: batch 4 of the run's own stream.
   config = _config(data_dir)
   stream = data.train_iterator([s.train for s in data.find_datasets(config.data.path)],
                                global_batch=8, seed=config.seed)
-  expected = [next(stream)["image"] for _ in range(4)][2:]
+  expected = [next(stream)["image"] for _ in range(4)][3:]
   for (_, _, got), want in zip(seen, expected):
     np.testing.assert_array_equal(got, want)
   record_file = json.loads((tmp_path / "b" / workdir_lib.WARM_START_FILE).read_text())

@@ -227,8 +227,8 @@ def train_and_evaluate(config, workdir_path, init_from: str | None = None,
   `warm_start`); ignored once the run has checkpoints. `validate_first`: run the SR validation
   (and keep best/) on the starting state before any step, e.g. to score the checkpoint that a
   SIGTERM saved between validations (with num_steps = that step, nothing else runs).
-  `state_dir`: at every stop (done or interrupted) the resumable state is exported there
-  (`workdir.export_state`; one process only).
+  `state_dir`: with every checkpoint and at every stop (done or interrupted) the resumable
+  state is exported there (`workdir.export_state`; one process only).
 
   Raises data.DataError (no/bad data), NonFiniteLoss, TrainingInterrupted (after saving).
   """
@@ -257,6 +257,20 @@ def train_and_evaluate(config, workdir_path, init_from: str | None = None,
       jit_eval_step(mesh, model, config.loss.num_steps), NamedSharding(mesh, P("data")))
   actions.append(Periodic(config.training.checkpoint_every, lambda step, state: (
       workdir.save_checkpoint(mngr, state, iterator)), checked=True, final=True))
+  exported = [None]  # the step of the last state export
+
+  def export(state):
+    if not state_dir or jax.process_count() != 1 or exported[0] == int(state.step):
+      return
+    workdir.export_state(state_dir, ema_params=host_copy(state.ema_params),
+                         params=host_copy(state.params), step=int(state.step), config=config,
+                         data_seed=data_seed, data_state=iterator.get_state())
+    exported[0] = int(state.step)
+    logging.info("resumable state at step %d exported to %s", exported[0], state_dir)
+  # With every checkpoint, so that the state dir is never far behind, even when the machine
+  # goes away without a signal.
+  actions.append(Periodic(config.training.checkpoint_every, lambda step, state: export(state),
+                          checked=True))
   options, patches = step_options(config)
   optimizer = ml_collections.FrozenConfigDict(config.optimizer)
 
@@ -283,11 +297,8 @@ def train_and_evaluate(config, workdir_path, init_from: str | None = None,
     final = e.state
     raise
   finally:
-    if state_dir and final is not None and jax.process_count() == 1:
-      workdir.export_state(state_dir, ema_params=host_copy(final.ema_params),
-                           params=host_copy(final.params), step=int(final.step), config=config,
-                           data_seed=data_seed, data_state=iterator.get_state())
-      logging.info("resumable state at step %d exported to %s", int(final.step), state_dir)
+    if final is not None:
+      export(final)
     mngr.wait_until_finished()
     mngr.close()
     writer.close()
@@ -308,9 +319,10 @@ def define_flags():
   flags.DEFINE_string("init_from", None, "params dir (manifest.json: the shipped prior "
                       "vdm_mri/pretrained/…, or WORKDIR/best) to start a new work dir from; "
                       "ignored when the work dir has checkpoints")
-  flags.DEFINE_string("state_dir", None, "at every stop, export the resumable state (EMA and "
-                      "raw parameters, step, data position) to this dir, replacing it; "
-                      "--init_from=STATE_DIR continues the run on another machine")
+  flags.DEFINE_string("state_dir", None, "with every checkpoint and at every stop, export the "
+                      "resumable state (EMA and raw parameters, step, data position) to this "
+                      "dir, replacing it; --init_from=STATE_DIR continues the run on another "
+                      "machine")
   flags.DEFINE_bool("validate_first", False, "run the SR validation on the restored state "
                     "before training (keeps best/ if it is the best so far)")
   flags.mark_flags_as_required(["config", "workdir"])
