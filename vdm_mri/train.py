@@ -3,8 +3,8 @@
 The train state (its optimiser and EMA are `optim`'s), the pure train and eval steps and
 their jitted, data-parallel forms, the run with its periodic actions (`loop.Periodic`:
 evaluate, validate by SR, sample grid — `validation` — and checkpoint; `loop.run` steps), and
-the command. The work dir's layout (checkpoints, config.json, best/, warm starts) is
-`workdir`'s.
+the command. The work dir's layout (checkpoints, config.json, best/, warm starts, state
+exports) and the start of a run (resume, warm start, data position) are `workdir`'s.
 
 Flags: --config (with --config.a.b=… overrides), --workdir, --data_dir (overrides
 config.data.path), --init_from (a params dir to start a new work dir from: the shipped prior
@@ -175,57 +175,16 @@ def jit_eval_step(mesh, model: model_lib.VDM, num_steps: int):
 
 
 # --------------------------------------------------------------------------------------------
-# The loop.
+# The run.
 # --------------------------------------------------------------------------------------------
-def warm_start(state: TrainState, params_dir, model: model_lib.VDM, tx) -> TrainState:
-  """`state` with parameters and EMA from a params dir (the shipped prior, a work dir's best/
-  or a state dir, `workdir.load_warm_start`), its step count, and a fresh optimiser state (so
-  the learning-rate warm-up runs again). Raises workdir.CheckpointError."""
-  ema, params, step = workdir.load_warm_start(params_dir, model)
-  ema, params = jax.tree.map(jnp.asarray, ema), jax.tree.map(jnp.asarray, params)
-  return state.replace(step=jnp.asarray(step, jnp.int32), params=params, ema_params=ema,
-                       opt_state=tx.init(params))
-
-
-def _initial_state(config, directory, sets, weights, model, tx, mesh, init_from, key):
-  """(state replicated on `mesh`, checkpoint manager, data iterator, data seed): the latest
-  checkpoint of the work dir with its data position, else a warm start from `init_from`, else
-  fresh parameters from `key`."""
-  state = create_train_state(model, tx, key)
-  mngr = workdir.checkpoint_manager(directory / workdir.CHECKPOINTS,
-                                    config.training.keep_checkpoints)
-  fresh = mngr.latest_step() is None
-  if fresh and init_from:
-    state = warm_start(state, init_from, model, tx)
-    logging.info("warm start from %s at step %d (fresh optimiser state)", init_from,
-                 int(state.step))
-  state = jax.device_put(jax.device_get(state), NamedSharding(mesh, P()))
-  # A warm start continues the step count; its data order is a new one (seed + step), or a
-  # state dir's own; either is recorded in the work dir, so a resume reads the same stream.
-  data_seed, position = workdir.data_order(directory, config.seed, init_from if fresh else None,
-                                           int(state.step))
-  iterator = data.train_iterator([s.train for s in sets], weights=weights,
-                                 global_batch=config.training.batch_size, seed=data_seed)
-  if position is not None and fresh:
-    iterator.set_state(position)
-  logging.info("training data: %s", ", ".join(
-      f"{s.name} ({len(s.train)} slices{'' if weights is None else f', weight {w:g}'})"
-      for s, w in zip(sets, weights or [None] * len(sets))))
-  if not fresh:
-    state = workdir.restore_checkpoint(mngr, state, iterator)
-    logging.info("restored checkpoint step %d from %s; data iterator state %s",
-                 int(state.step), mngr.directory, iterator.get_state())
-  return state, mngr, iterator, data_seed
-
-
 def train_and_evaluate(config, workdir_path, init_from: str | None = None,
                        validate_first: bool = False, state_dir: str | None = None) -> TrainState:
   """Train `config` in `workdir_path` (resuming from its latest checkpoint); returns the final
   state.
 
   `init_from`: a params dir to start from when the work dir has no checkpoint yet (see
-  `warm_start`); ignored once the run has checkpoints. `validate_first`: run the SR validation
-  (and keep best/) on the starting state before any step, e.g. to score the checkpoint that a
+  `workdir.warm_start`); ignored once the run has checkpoints. `validate_first`: run the SR
+  validation (and keep best/) on the starting state before any step, e.g. to score the checkpoint that a
   SIGTERM saved between validations (with num_steps = that step, nothing else runs).
   `state_dir`: with every checkpoint and at every stop (done or interrupted) the resumable
   state is exported there (`workdir.export_state`; one process only).
@@ -246,8 +205,9 @@ def train_and_evaluate(config, workdir_path, init_from: str | None = None,
                      f"{mesh.size} devices")
 
   key_state, key_eval = jax.random.split(jax.random.key(config.seed))
-  state, mngr, iterator, data_seed = _initial_state(
-      config, directory, sets, weights, model, tx, mesh, init_from, key_state)
+  state, mngr, iterator, data_seed = workdir.start_run(
+      directory, config, create_train_state(model, tx, key_state), sets, weights, model, tx,
+      NamedSharding(mesh, P()), init_from)
   writer = metric_writer.MetricWriter(directory, resume_step=int(state.step),
                                       enabled=distributed.is_primary())
   if distributed.is_primary():
@@ -257,20 +217,11 @@ def train_and_evaluate(config, workdir_path, init_from: str | None = None,
       jit_eval_step(mesh, model, config.loss.num_steps), NamedSharding(mesh, P("data")))
   actions.append(Periodic(config.training.checkpoint_every, lambda step, state: (
       workdir.save_checkpoint(mngr, state, iterator)), checked=True, final=True))
-  exported = [None]  # the step of the last state export
-
-  def export(state):
-    if not state_dir or jax.process_count() != 1 or exported[0] == int(state.step):
-      return
-    workdir.export_state(state_dir, ema_params=host_copy(state.ema_params),
-                         params=host_copy(state.params), step=int(state.step), config=config,
-                         data_seed=data_seed, data_state=iterator.get_state())
-    exported[0] = int(state.step)
-    logging.info("resumable state at step %d exported to %s", exported[0], state_dir)
-  # With every checkpoint, so that the state dir is never far behind, even when the machine
-  # goes away without a signal.
-  actions.append(Periodic(config.training.checkpoint_every, lambda step, state: export(state),
-                          checked=True))
+  export = (workdir.StateExport(state_dir, config, data_seed, iterator)
+            if state_dir and jax.process_count() == 1 else None)
+  if export is not None:  # with every checkpoint too: never far behind, even without a signal
+    actions.append(Periodic(config.training.checkpoint_every,
+                            lambda step, state: export(state), checked=True))
   options, patches = step_options(config)
   optimizer = ml_collections.FrozenConfigDict(config.optimizer)
 
@@ -297,7 +248,7 @@ def train_and_evaluate(config, workdir_path, init_from: str | None = None,
     final = e.state
     raise
   finally:
-    if final is not None:
+    if export is not None and final is not None:
       export(final)
     mngr.wait_until_finished()
     mngr.close()

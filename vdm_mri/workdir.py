@@ -14,6 +14,10 @@ a state dir (raw parameters and the data position too). Everything that loads a 
 command line, the Python API, the experiments and the benchmarks — goes through `resolve`,
 `load_config` and `load_params`, which take either kind of directory. Problems raise
 `CheckpointError` with a one-line message (the commands exit with code 2).
+
+A training run starts with `start_run` (resume from the latest checkpoint with the data
+position, or `warm_start` from a params dir, or fresh) and exports its resumable state with
+`StateExport` (a state dir: `export_state`).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import pathlib
 import shutil
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -205,6 +210,45 @@ def load_warm_start(params_dir, model):
     return ema, params, int(pretrained.read_manifest(params_dir).get("step", 0))
 
 
+def warm_start(state, params_dir, model, tx):
+  """The train `state` with parameters and EMA from a params dir (the shipped prior, a work
+  dir's best/ or a state dir, `load_warm_start`), its step count, and a fresh optimiser state
+  (so the learning-rate warm-up runs again). Raises CheckpointError."""
+  ema, params, step = load_warm_start(params_dir, model)
+  ema, params = jax.tree.map(jnp.asarray, ema), jax.tree.map(jnp.asarray, params)
+  return state.replace(step=jnp.asarray(step, jnp.int32), params=params, ema_params=ema,
+                       opt_state=tx.init(params))
+
+
+def start_run(directory, config, state, sets, weights, model, tx, sharding, init_from):
+  """(train state placed with `sharding`, checkpoint manager, data iterator, data seed) of a
+  run in `directory`: its latest checkpoint with the data position, else a warm start of the
+  fresh `state` from `init_from`, else `state` itself; `sets`, `weights` its training data."""
+  mngr = checkpoint_manager(directory / CHECKPOINTS, config.training.keep_checkpoints)
+  fresh = mngr.latest_step() is None
+  if fresh and init_from:
+    state = warm_start(state, init_from, model, tx)
+    logging.info("warm start from %s at step %d (fresh optimiser state)", init_from,
+                 int(state.step))
+  state = jax.device_put(jax.device_get(state), sharding)
+  # A warm start continues the step count; its data order is a new one (seed + step), or a
+  # state dir's own; either is recorded in the work dir, so a resume reads the same stream.
+  data_seed, position = data_order(directory, config.seed, init_from if fresh else None,
+                                   int(state.step))
+  iterator = loader.train_iterator([s.train for s in sets], weights=weights,
+                                   global_batch=config.training.batch_size, seed=data_seed)
+  if position is not None and fresh:
+    iterator.set_state(position)
+  logging.info("training data: %s", ", ".join(
+      f"{s.name} ({len(s.train)} slices{'' if weights is None else f', weight {w:g}'})"
+      for s, w in zip(sets, weights or [None] * len(sets))))
+  if not fresh:
+    state = restore_checkpoint(mngr, state, iterator)
+    logging.info("restored checkpoint step %d from %s; data iterator state %s",
+                 int(state.step), mngr.directory, iterator.get_state())
+  return state, mngr, iterator, data_seed
+
+
 def data_order(directory, seed: int, init_from, step: int) -> tuple[int, dict | None]:
   """(data seed, iterator position to start from or None) of a run, recorded in the work dir
   at its start (DIR/warm_start.json): `seed` for a fresh run; `seed` + step for a warm start
@@ -248,3 +292,24 @@ def export_state(directory, *, ema_params, params, step: int, config, data_seed:
   if old.exists():
     shutil.rmtree(old)
   return directory
+
+
+class StateExport:
+  """`export_state` of a training run's state into `directory`, at most once per step (after a
+  checkpoint, and at the stop): `export(state)`; `state` a train state (its step, params and
+  EMA), `iterator` the run's data iterator (its position)."""
+
+  def __init__(self, directory, config, data_seed: int, iterator):
+    self.directory, self.config = directory, config
+    self.data_seed, self.iterator = data_seed, iterator
+    self.step = None  # of the last export
+
+  def __call__(self, state):
+    step = int(state.step)
+    if step == self.step:
+      return
+    export_state(self.directory, ema_params=distributed.host_copy(state.ema_params),
+                 params=distributed.host_copy(state.params), step=step, config=self.config,
+                 data_seed=self.data_seed, data_state=self.iterator.get_state())
+    self.step = step
+    logging.info("resumable state at step %d exported to %s", step, self.directory)
