@@ -15,6 +15,17 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+# The files that take longest (on 2 CPU cores) run first, so that the two xdist workers
+# (`--dist loadfile`, pyproject.toml) finish together instead of one waiting on the last.
+SLOWEST_FIRST = ("test_distributed.py", "test_experiments.py", "test_train.py",
+                 "test_benchmarks.py", "test_recipe.py")
+
+
+def pytest_collection_modifyitems(items):
+  rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
+
+
 def load_config(name: str):
   """configs/<name>.py's get_config()."""
   from vdm_mri.model import load_config_file  # after XLA_FLAGS is set
