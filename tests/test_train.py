@@ -191,11 +191,11 @@ def test_state_dir_continues_the_run_with_its_parameters_and_data_stream(data_di
   real_export = workdir_lib.export_state
   monkeypatch.setattr(workdir_lib, "export_state", lambda *a, **k: (
       exports.append(k["step"]), real_export(*a, **k))[1])
-  first = jax.device_get(train.train_and_evaluate(_config(data_dir, num_steps=3),
+  first = jax.device_get(train.train_and_evaluate(_config(data_dir, num_steps=4),
                                                   tmp_path / "a", state_dir=tmp_path / "state"))
-  assert exports == [2, 3]  # with the checkpoint at step 2, and at the end (once each)
+  assert exports == [2, 4]  # with each checkpoint; step 4 (checkpoint and stop) once
   manifest = json.loads((tmp_path / "state" / "manifest.json").read_text())
-  assert manifest["step"] == 3 and manifest["data_seed"] == 0 and manifest["data_state"]
+  assert manifest["step"] == 4 and manifest["data_seed"] == 0 and manifest["data_state"]
   raw = vdm_mri.pretrained.load_params(tmp_path / "state", raw=True)
   jax.tree.map(np.testing.assert_array_equal, raw, first.params)
   ema = vdm_mri.pretrained.load_params(tmp_path / "state")
@@ -208,14 +208,15 @@ def test_state_dir_continues_the_run_with_its_parameters_and_data_stream(data_di
     return batch
 
   _hook_steps(monkeypatch, record)
-  train.train_and_evaluate(_config(data_dir), tmp_path / "b", init_from=tmp_path / "state")
-  assert [s for s, _, _ in seen] == [3]
+  train.train_and_evaluate(_config(data_dir, num_steps=5), tmp_path / "b",
+                           init_from=tmp_path / "state")
+  assert [s for s, _, _ in seen] == [4]
   jax.tree.map(np.testing.assert_array_equal, seen[0][1], first.params)  # the raw parameters
-  # The data stream goes on where it stopped: batch 4 of the run's own stream.
+  # The data stream goes on where it stopped: batch 5 of the run's own stream.
   config = _config(data_dir)
   stream = data.train_iterator([s.train for s in data.find_datasets(config.data.path)],
                                global_batch=8, seed=config.seed)
-  expected = [next(stream)["image"] for _ in range(4)][3:]
+  expected = [next(stream)["image"] for _ in range(5)][4:]
   for (_, _, got), want in zip(seen, expected):
     np.testing.assert_array_equal(got, want)
   record_file = json.loads((tmp_path / "b" / workdir_lib.WARM_START_FILE).read_text())
