@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import vdm_mri
-from conftest import REPO
+from conftest import FAST_COMPILE, REPO
 from vdm_mri import distributed, sample
 from vdm_mri import workdir as workdir_lib
 from vdm_mri import model as model_lib
@@ -86,7 +86,7 @@ def test_process_share_splits_rows_in_order():
 
 def _env(devices: int, cache: str = "") -> dict:
   env = dict(os.environ)
-  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  env.update(XLA_FLAGS=f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}",
              JAX_PLATFORMS="cpu", VDM_MRI_COMPILATION_CACHE=str(cache))
   return env
 

@@ -84,8 +84,10 @@ def test_remat_gives_the_same_gradients():
   z = jax.random.normal(jax.random.key(1), shape)
   loss = lambda net: jax.jit(jax.grad(lambda p: jnp.sum(net.apply(p, z, jnp.array([0.1, 0.5])) ** 2)))
   g_plain, g_remat = loss(plain)(params), loss(remat)(params)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), g_plain,
-               g_remat)
+  # Recomputed activations may be summed in another order (last bits: up to ~1e-6 of a leaf's
+  # scale); a remat bug (wrong inputs or dropout key in the recomputation) changes them at O(1).
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(
+      a, b, rtol=1e-5, atol=1e-5 * float(np.abs(a).max())), g_plain, g_remat)
 
 
 def _param_count(config_name):
