@@ -99,5 +99,6 @@ def get_config():
   config.sampling.t_start = 1.0  # < 1: start from the noised zero-filled image at this t
   config.sampling.final_projection = True  # project the final image onto ŷ₀ (λ = 1)
   config.sampling.num_samples = 4  # posterior samples per measurement (mean and std reported)
+  config.sampling.antithetic = False  # True: num_samples/2 pairs of chains with mirrored noise
   config.sampling.batch_size = 4  # images per compiled sampling call (over all devices)
   return config

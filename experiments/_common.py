@@ -34,7 +34,8 @@ def parser(description: str, *, steps: int | None = None, quick_steps: int = 20,
            sampler: str | None = None) -> argparse.ArgumentParser:
   """The flags every script shares. `steps`: the default --steps (None: the checkpoint's
   config.sampling.steps, resolved by `load_model`); `sampler`: the default --sampler of a
-  script that has it (None: the checkpoint's config.sampling.sampler)."""
+  script that has it (None: the checkpoint's config.sampling.sampler); a script with its own
+  sampler (the paper's figures) also draws independent samples unless --antithetic."""
   p = argparse.ArgumentParser(description=description)
   p.add_argument("--checkpoint", default=None, help="training work dir (orbax checkpoints)")
   p.add_argument("--config", default=None, help="config file; default: WORKDIR/config.json")
@@ -52,7 +53,7 @@ def parser(description: str, *, steps: int | None = None, quick_steps: int = 20,
 
 
 def add_sampling_flags(p: argparse.ArgumentParser):
-  """--num_samples, --lam, --sampler, --eta, --t_start; each defaults to the checkpoint's
+  """--num_samples, --lam, --sampler, --eta, --t_start, --antithetic; each defaults to the checkpoint's
   config.sampling (as `python -m vdm_mri.sample` does)."""
   p.add_argument("--num_samples", type=int, default=None,
                  help="posterior samples K (default: config.sampling.num_samples)")
@@ -60,6 +61,8 @@ def add_sampling_flags(p: argparse.ArgumentParser):
   p.add_argument("--sampler", default=None, choices=sampling.SAMPLERS, help="sampler")
   p.add_argument("--eta", type=float, default=None, help="η of the projection sampler")
   p.add_argument("--t_start", type=float, default=None, help="warm start t (1: from noise)")
+  p.add_argument("--antithetic", action=argparse.BooleanOptionalAction, default=None,
+                 help="K/2 antithetic pairs instead of K independent samples")
 
 
 def num_steps(args) -> int:
@@ -75,11 +78,15 @@ def num_steps(args) -> int:
 
 def sampling_kwargs(args) -> dict:
   """Keyword arguments of sampling.posterior_samples from the flags over config.sampling
-  (api.SamplingOptions); batch size and final projection are the script's own."""
+  (api.SamplingOptions); batch size and final projection are the script's own. Bad options
+  (e.g. an odd K with antithetic pairs) exit with code 2."""
   flags = {f.name: getattr(args, f.name, None) for f in dataclasses.fields(api.SamplingOptions)
            if f.name not in ("steps", "batch_size", "final_projection")}
   flags["sampler"] = flags.get("sampler") or args.default_sampler
-  opts = args.checkpoint_sampling.replace(**flags, steps=num_steps(args)).posterior_kwargs()
+  if flags.get("antithetic") is None and args.default_sampler:
+    flags["antithetic"] = False  # the paper's figures: its sampler, independent samples
+  with exit_on_bad_input():
+    opts = args.checkpoint_sampling.replace(**flags, steps=num_steps(args)).posterior_kwargs()
   return {k: v for k, v in opts.items() if k not in ("batch_size", "final_projection")}
 
 

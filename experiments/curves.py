@@ -8,7 +8,8 @@ with the noise-free measurement ŷ₀ of each low-res size; PSNR / SSIM per volu
                reference row (kind "reference", value "zero_fill")
   k            one run of K_max = max(--k_list) samples at N = --steps; for each k the mean of its
                first k samples (nested: keys are per sample, so these are the samples a K = k run
-               draws). The steps point N = --steps reuses this run's first K samples.
+               draws; with antithetic pairs, k/2 whole pairs for an even k, the first chain of a
+               pair for k = 1). The steps point N = --steps reuses this run's first K samples.
   calibration  from the K_max run, per pixel over the subset: Pearson r between the posterior std
                and |mean - gt|, and the coverage, the fraction with |mean - gt| ≤ 2·std; over all
                pixels (value "all") and the head (value "head": gt > 0.05)
@@ -76,7 +77,7 @@ def one_case(vdm_model, params, x, subj, lowres, s: dict, key) -> dict:
     return sampling.posterior_samples(
         vdm_model, params, y0, key=key, num_samples=num_samples, lam=s["lam"], num_steps=steps,
         final_projection=True, batch_size=s["batch_size"], sampler=s["sampler"], eta=s["eta"],
-        t_start=s["t_start"])
+        t_start=s["t_start"], antithetic=s["antithetic"])
 
   k_max = max(s["k_list"])
   post = posterior(k_max, s["steps"])
@@ -142,12 +143,17 @@ def settings(p, args) -> dict:
   """The resolved settings: explicit flags win, else the --quick or the full defaults."""
   quick = args.quick
   opts = _common.sampling_kwargs(args)
+  k_list = sorted(set(_int_list(p, "k_list", args.k_list or ("1,2" if quick else "1,2,4,8"))))
+  if opts["antithetic"] and any(k > 1 and k % 2 for k in k_list):
+    p.error(f"--k_list: with antithetic pairs each K is 1 (the first chain of a pair) or even, "
+            f"got {k_list}")
   return {
       "steps_list": _int_list(p, "steps_list", args.steps_list or
                               ("2,4" if quick else "25,50,100,250,1000")),
-      "k_list": sorted(set(_int_list(p, "k_list", args.k_list or ("1,2" if quick else "1,2,4,8")))),
+      "k_list": k_list,
       "steps": opts["num_steps"], "num_samples": opts["num_samples"], "lam": opts["lam"],
       "sampler": opts["sampler"], "eta": opts["eta"], "t_start": opts["t_start"],
+      "antithetic": opts["antithetic"],
       "sizes": args.sizes.split(","), "seed": args.seed, "batch_size": args.batch_size,
       "per_subject": args.per_subject or (1 if quick else 4),
       "max_subjects": 2 if quick else None, "head_threshold": HEAD_THRESHOLD}

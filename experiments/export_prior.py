@@ -2,11 +2,11 @@
 
     python experiments/export_prior.py --src=runs/cpu_prior/best \
         --dst=vdm_mri/pretrained/brain128_cpu --steps=10 --num_samples=4 \
-        --sampler=projection --eta=0.85 --t_start=0.6
+        --sampler=projection --eta=0.85 --t_start=0.6 --antithetic
 
 The source (a work dir's best/, `vdm_mri.pretrained` format) is verified (SHA-256) and its
 parameters checked against its config; the copy gets the given `config.sampling` fields (steps,
-num_samples, sampler, eta, t_start: the defaults `python -m vdm_mri.sample` uses) and a new
+num_samples, sampler, eta, t_start, antithetic: the defaults `python -m vdm_mri.sample` uses) and a new
 manifest that keeps the source's step, images seen and selection metrics, plus `--note`;
 `--metrics_from=recipes.json` (experiments/recipe_eval.py's output for the source) stores that
 run's scores (sr/…, den/…) as the selection metrics instead. Bad input: one line, exit 2.
@@ -40,6 +40,8 @@ def main(argv=None):
   p.add_argument("--sampler", default=None, choices=sampling.SAMPLERS, help="default sampler")
   p.add_argument("--eta", type=float, default=None, help="default η (projection sampler)")
   p.add_argument("--t_start", type=float, default=None, help="default warm start t₀ (1: none)")
+  p.add_argument("--antithetic", action=argparse.BooleanOptionalAction, default=None,
+                 help="default pairing: K/2 antithetic pairs (or --no-antithetic: independent)")
   p.add_argument("--note", default="", help="free text stored in the manifest")
   p.add_argument("--metrics_from", default=None, help="recipe_eval's recipes.json with one run: "
                  "its scores become the manifest's metrics")
@@ -51,7 +53,7 @@ def main(argv=None):
   except pretrained.PretrainedError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  fields = ("steps", "num_samples", "sampler", "eta", "t_start")
+  fields = ("steps", "num_samples", "sampler", "eta", "t_start", "antithetic")
   try:
     opts = api.SamplingOptions.from_config(config.sampling,
                                            **{name: getattr(args, name) for name in fields})

@@ -1,8 +1,9 @@
 """Samplers and estimators of the posterior mean at equal cost: network evaluations per slice
 (steps × K) against PSNR / SSIM of the mean and the calibration of the posterior std.
 
-Every setting is `sampler:steps:K[:eta[:t_start]]` (sampler `paper` or `projection`; eta only
-used by `projection`; t_start < 1 is a warm start from the noised zero-filled image), run on the
+Every setting is `sampler:steps:K[:eta[:t_start]][:anti]` (sampler `paper` or `projection`; eta
+only used by `projection`; t_start < 1 is a warm start from the noised zero-filled image; `anti`:
+K/2 antithetic pairs instead of K independent samples), run on the
 fixed slice subset of every validation set (`--per_subject` slices per subject,
 _common.pick_slices) at every `--sizes` low-res matrix, noise-free:
 
@@ -10,7 +11,7 @@ _common.pick_slices) at every `--sizes` low-res matrix, noise-free:
 
 `--append` adds the settings to the comparison already in --outdir (same checkpoint and slices;
 a setting run again replaces its rows). Writes samplers.csv (set, lowres, setting, sampler,
-steps, k, eta, t_start, nfe, psnr, ssim, psnr_gain, ssim_gain, coverage, corr; coverage =
+steps, k, eta, t_start, antithetic, nfe, psnr, ssim, psnr_gain, ssim_gain, coverage, corr; coverage =
 P(|mean - gt| ≤ 2·std) and corr = r(std, |mean - gt|) over head pixels, blank for K = 1),
 samplers.json (with the settings and subsets),
 samplers.png (PSNR gain over zero-filling against network evaluations, one panel per set and
@@ -42,20 +43,23 @@ DEFAULT_SETTINGS = (
     "projection:10:4:0.85:0.6", "projection:10:4:0.85:1", "projection:5:8:0.85:0.6",
     "projection:10:4:1:0.6", "projection:10:8:0.85:0.6", "projection:10:2:0.85:0.6",
     "projection:5:4:1:0.6", "projection:20:8:0.85:1",
+    # antithetic pairs
+    "projection:20:2:0.85:1:anti", "projection:10:2:0.85:1:anti", "projection:20:4:0.85:1:anti",
+    "paper:10:2:0.85:1:anti",
 )
 
 
 def parse_setting(text: str, batch_size: int) -> _common.api.SamplingOptions:
-  """A setting `sampler:steps:K[:eta[:t_start]]` (api.SamplingOptions.with_setting), the
+  """A setting `sampler:steps:K[:eta[:t_start]][:anti]` (api.SamplingOptions.with_setting), the
   final projection on, `batch_size` images per compiled call."""
   return _common.api.SamplingOptions(batch_size=batch_size).with_setting(text)
 
 
 def family(setting) -> str:
-  """The curve a setting belongs to: its sampler, η (projection) and warm start."""
+  """The curve a setting belongs to: its sampler, η (projection), warm start and pairing."""
   warm = f", t0={setting.t_start:g}" if setting.t_start < 1 else ""
   eta = f" eta={setting.eta:g}" if setting.sampler == "projection" else ""
-  return f"{setting.sampler}{eta}{warm}"
+  return f"{setting.sampler}{eta}{warm}{', pairs' if setting.antithetic else ''}"
 
 
 def run_setting(model, params, x, subj, y0, zf_scores, setting, key):
@@ -63,7 +67,7 @@ def run_setting(model, params, x, subj, y0, zf_scores, setting, key):
   got = {k: float(v) for k, v in _common.scores(x, post.mean, subj).items()}
   row = {"setting": setting.setting, "sampler": setting.sampler, "steps": setting.steps,
          "k": setting.num_samples, "eta": setting.eta, "t_start": setting.t_start,
-         "nfe": setting.nfe,
+         "antithetic": setting.antithetic, "nfe": setting.nfe,
          "psnr": got["psnr"], "ssim": got["ssim"],
          "psnr_gain": got["psnr"] - zf_scores["psnr"], "ssim_gain": got["ssim"] - zf_scores["ssim"],
          "coverage": "", "corr": ""}
@@ -123,14 +127,20 @@ def previous_rows(outdir: pathlib.Path, checkpoint: str, subsets: dict, settings
     raise _common.api.InputError(f"--append: {path} was run with another checkpoint or slices "
                                    f"({old['checkpoint']})")
   names = {s.setting for s in settings}
-  return [r for r in old["rows"] if r["setting"] not in names]
+  rows = []
+  for r in old["rows"]:
+    if "antithetic" not in r:  # written before pairs existed: independent samples
+      r = {**r, "antithetic": False, "setting": r["setting"] + ":indep"}
+    if r["setting"] not in names:
+      rows.append(r)
+  return rows
 
 
 def main(argv=None):
   p = _common.parser(__doc__.splitlines()[0], steps=10, quick_steps=2)
   p.add_argument("--sizes", default="64x64,32x32", help="low-res matrices")
   p.add_argument("--settings", default=",".join(DEFAULT_SETTINGS),
-                 help="comma-separated sampler:steps:K[:eta[:t_start]]")
+                 help="comma-separated sampler:steps:K[:eta[:t_start]][:anti]")
   p.add_argument("--per_subject", type=int, default=1, help="slices per subject")
   p.add_argument("--append", action="store_true",
                  help="add to the comparison in --outdir instead of replacing it")

@@ -55,13 +55,14 @@ def test_options_take_config_values_then_overrides_and_fill_missing_fields():
 @pytest.mark.parametrize("bad, message", [
     (dict(lam=1.5), "lam must be in"), (dict(steps=0), "steps must be at least 1"),
     (dict(sampler="euler"), "sampler must be one of"), (dict(eta=-0.1), "eta must be in"),
-    (dict(t_start=0.0), "t_start must be in"), (dict(batch_size=0), "batch_size")])
+    (dict(t_start=0.0), "t_start must be in"), (dict(batch_size=0), "batch_size"),
+    (dict(num_samples=3, antithetic=True), "num_samples must be even")])
 def test_options_reject_values_out_of_range(bad, message):
   with pytest.raises(api.InputError, match=message):
     api.SamplingOptions(**bad)
 
 
-def test_a_setting_string_sets_sampler_steps_k_eta_and_t_start_and_round_trips():
+def test_a_setting_string_sets_sampler_steps_k_eta_t_start_pairing_and_round_trips():
   base = api.SamplingOptions(lam=0.5, steps=7, num_samples=3, eta=0.3)
   opts = base.with_setting("projection:20:8")
   assert (opts.sampler, opts.steps, opts.num_samples, opts.nfe) == ("projection", 20, 8, 160)
@@ -69,9 +70,15 @@ def test_a_setting_string_sets_sampler_steps_k_eta_and_t_start_and_round_trips()
   full = base.with_setting("paper:10:16:0.85:0.6")
   assert (full.eta, full.t_start) == (0.85, 0.6)
   assert base.with_setting(full.setting) == full
+  assert not full.antithetic
+  pairs = base.with_setting("projection:20:2:0.85:1:anti")
+  assert pairs.antithetic and pairs.nfe == 40 and base.with_setting(pairs.setting) == pairs
+  assert not pairs.with_setting("paper:10:16:indep").antithetic
+  assert pairs.with_setting("paper:10:4").antithetic  # no suffix: the pairing stays
   for bad, message in (("paper:10", "is not sampler:steps:K"), ("paper:ten:4", "is not"),
                        ("paper:10:4:0.85:1:2", "is not"), ("ddpm:10:4", "sampler must be"),
-                       ("paper:10:0", "num_samples must be at least 1")):
+                       ("paper:10:0", "num_samples must be at least 1"),
+                       ("paper:10:3:anti", "num_samples must be even"), ("anti", "is not")):
     with pytest.raises(api.InputError, match=message):
       base.with_setting(bad)
 

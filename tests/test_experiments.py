@@ -257,7 +257,16 @@ def test_export_prior_sets_sampling_defaults_and_keeps_the_selection(tmp_path, c
   assert manifest["metrics"]["sr/score"] == 0.3
   shipped = pretrained.load_config(dst)
   assert (shipped.sampling.steps, shipped.sampling.num_samples, shipped.sampling.sampler,
-          shipped.sampling.eta, shipped.sampling.t_start) == (7, 3, "projection", 0.5, 0.6)
+          shipped.sampling.eta, shipped.sampling.t_start, shipped.sampling.antithetic) == (
+              7, 3, "projection", 0.5, 0.6, False)
+  paired = module.main([f"--src={dst}", f"--dst={tmp_path / 'pairs'}", "--num_samples=2",
+                        "--antithetic"])
+  assert (pretrained.load_config(paired).sampling.antithetic,
+          pretrained.load_config(paired).sampling.steps) == (True, 7)
+  with pytest.raises(SystemExit) as e:  # pairs need an even K
+    module.main([f"--src={dst}", f"--dst={tmp_path / 'odd'}", "--antithetic"])
+  assert e.value.code == 2 and "must be even" in capsys.readouterr().err
+  assert not (tmp_path / "odd").exists()
   assert shipped.model.to_dict() == pretrained.load_config(src).model.to_dict()
   jax.tree.map(np.testing.assert_array_equal, pretrained.load_params(dst),
                pretrained.load_params(src))
@@ -298,11 +307,27 @@ def test_scripts_default_to_the_checkpoints_sampling_config(checkpoint):
     parsed = args.parse_args([f"--checkpoint={checkpoint}", "--outdir=.", *extra])
     _common.load_model(parsed)
     assert _common.sampling_kwargs(parsed)["sampler"] == expected
+  # a checkpoint that samples in antithetic pairs: followed by the scripts without their own
+  # sampler; a script with its own (the paper's figures) draws independent samples
+  paired = _common.api.SamplingOptions(num_samples=4, antithetic=True)
+  for own_sampler, extra, expected in ((None, [], True), ("paper", [], False),
+                                       ("paper", ["--antithetic"], True),
+                                       (None, ["--no-antithetic"], False)):
+    args = _common.parser("", sampler=own_sampler)
+    _common.add_sampling_flags(args)
+    parsed = args.parse_args([f"--checkpoint={checkpoint}", "--outdir=.", *extra])
+    parsed.checkpoint_sampling = paired
+    assert _common.sampling_kwargs(parsed)["antithetic"] is expected
+  parsed = args.parse_args([f"--checkpoint={checkpoint}", "--outdir=.", "--num_samples=3"])
+  parsed.checkpoint_sampling = paired
+  with pytest.raises(SystemExit) as e:  # an odd K for pairs: exit 2, no traceback
+    _common.sampling_kwargs(parsed)
+  assert e.value.code == 2
 
 
 def test_sampler_comparison_reports_cost_quality_and_calibration(checkpoint, tmp_path):
   rows = _run("sampler_compare", checkpoint, tmp_path,
-              "--settings=paper:2:2,projection:2:2:0.85:0.6,projection:2:1:0:1")
+              "--settings=paper:2:2,projection:2:2:0.85:1:anti,projection:2:1:0:0.6")
   assert {(r["set"], r["lowres"]) for r in rows} == {("brain_t1w_sample", "64x64"),
                                                      ("brain_t1w_sample", "32x32")}
   for r in rows:
@@ -316,13 +341,20 @@ def test_sampler_comparison_reports_cost_quality_and_calibration(checkpoint, tmp
     assert len(list(csv.DictReader(f))) == len(rows)
   assert Image.open(tmp_path / "samplers.png").size[0] > 0
   assert (tmp_path / "samplers.md").read_text().count("\n| paper:2:2:") == 1
+  assert {r["antithetic"] for r in rows if r["setting"].endswith(":anti")} == {True}
+  # a comparison written before pairs existed: its rows had no pairing (independent samples)
+  saved = json.loads((tmp_path / "samplers.json").read_text())
+  saved["rows"] = [{k: v for k, v in r.items() if k != "antithetic"} | {
+      "setting": r["setting"].removesuffix(":indep")} for r in saved["rows"] if not r["antithetic"]]
+  (tmp_path / "samplers.json").write_text(json.dumps(saved))
+  rows = [r for r in rows if not r["antithetic"]]
   # --append keeps the other settings' rows and replaces a setting that is run again
   more = _run("sampler_compare", checkpoint, tmp_path, "--settings=paper:1:2,paper:2:2",
               "--append")
-  again = [r for r in rows if r["setting"] == "paper:2:2:0.85:1"]
-  assert {r["setting"] for r in more} == {r["setting"] for r in rows} | {"paper:1:2:0.85:1"}
-  assert len(more) == len(rows) + 2
-  assert [r["psnr"] for r in more if r["setting"] == "paper:2:2:0.85:1"] == [
+  again = [r for r in rows if r["setting"] == "paper:2:2:0.85:1:indep"]
+  assert {r["setting"] for r in more} == {r["setting"] for r in rows} | {"paper:1:2:0.85:1:indep"}
+  assert len(more) == len(rows) + 2 and all(r["antithetic"] is False for r in more)
+  assert [r["psnr"] for r in more if r["setting"] == "paper:2:2:0.85:1:indep"] == [
       r["psnr"] for r in again]  # the same keys: the same result
   with pytest.raises(SystemExit) as e:
     _run("sampler_compare", checkpoint, tmp_path / "none", "--settings=paper:1:2", "--append")

@@ -206,6 +206,8 @@ def _write_inputs(d: pathlib.Path, workdir: pathlib.Path) -> dict:
       "noise without simulate": ([ck, inp("ok.npz"), "--noise=0.01"], "only for --simulate"),
       "lam out of range": ([ck, inp("ok.npz"), "--lam=1.5"], "--lam must be in [0, 1]"),
       "zero steps": ([ck, inp("ok.npz"), "--steps=0"], "--steps must be at least 1"),
+      "odd pairs": ([ck, inp("ok.npz"), "--num_samples=3", "--antithetic"],
+                    "--num_samples must be even when antithetic"),
       "unknown flag": ([ck, inp("ok.npz"), "--lamda=1"], "lamda"),
   }
 

@@ -280,3 +280,63 @@ def test_progress_callback_reports_every_k_steps_once(tiny):
                                key=jax.random.key(0), num_samples=1, num_steps=3, batch_size=8,
                                progress_every=2, mesh=_mesh(8))
   assert sorted(calls) == [2, 3]  # once per step reported, not once per device
+
+
+# --------------------------------------------------------------------------------------------
+# Antithetic pairs: one key, mirrored noise.
+# --------------------------------------------------------------------------------------------
+GAUSS_MEAN, GAUSS_SD = 0.1, 0.05  # the Gaussian prior of the pair test, encoded space
+
+
+def _gaussian_eps_fn(z, g):
+  """The exact ε̂ = E[ε | z_t] of the prior f ~ N(GAUSS_MEAN, GAUSS_SD² I): affine in z_t."""
+  gamma = GAMMA_MIN + (GAMMA_MAX - GAMMA_MIN) * g[:, None, None, None]
+  a, s = schedule.alpha(gamma), schedule.sigma(gamma)
+  return s * (z - a * GAUSS_MEAN) / (a**2 * GAUSS_SD**2 + s**2)
+
+
+@pytest.mark.parametrize("sampler,t_start", [("paper", 1.0), ("projection", 1.0),
+                                             ("projection", 0.6)])
+def test_an_antithetic_pair_of_a_gaussian_prior_averages_to_the_same_mean_for_every_key(
+    sampler, t_start):
+  """Every step is affine in the noise for a Gaussian prior (no clipping is reached), so the
+  mean of a pair is the noise-free path: the same for every key, while single samples are not.
+  A sign dropped on any one noise draw (z_1, ε, ε′) leaves a key-dependent pair mean."""
+  y0 = kspace.measure(_images(1), (6, 6))
+  run = jax.jit(lambda keys, signs: sampling.sample(
+      keys, jnp.repeat(y0, keys.shape[0], 0), 0.7, eps_fn=_gaussian_eps_fn,
+      gamma_fn=lambda t: GAMMA_MIN + (GAMMA_MAX - GAMMA_MIN) * t, bits=12,
+      gamma_min=GAMMA_MIN, gamma_max=GAMMA_MAX, image_shape=(SIZE, SIZE), num_steps=8,
+      sampler=sampler, eta=0.85, t_start=t_start, signs=signs))
+  keys, signs = sampling.posterior_keys(jax.random.key(7), 1, 8, antithetic=True)
+  x = np.asarray(run(keys[0], signs[0])).reshape(4, 2, SIZE, SIZE)  # 4 pairs
+  assert np.abs(x[:, 0] - x[:, 1]).max() > 1e-2 and np.abs(x[0, 0] - x[1, 0]).max() > 1e-2
+  pair_means = x.mean(1)
+  np.testing.assert_allclose(pair_means, np.broadcast_to(pair_means[:1], pair_means.shape),
+                             atol=1e-5)
+
+
+def test_posterior_keys_pair_each_key_with_opposite_signs():
+  keys, signs = sampling.posterior_keys(jax.random.key(1), 3, 4, first_index=2, antithetic=True)
+  indep = sampling.sample_keys(jax.random.key(1), 3, 2, first_index=2)
+  data = jax.random.key_data
+  np.testing.assert_array_equal(data(keys[:, 0::2]), data(indep))
+  np.testing.assert_array_equal(data(keys[:, 1::2]), data(indep))
+  np.testing.assert_array_equal(signs, np.tile([1.0, -1.0], (3, 2)))
+  with pytest.raises(ValueError, match="must be even"):
+    sampling.posterior_keys(jax.random.key(1), 3, 3, antithetic=True)
+
+
+@pytest.mark.parametrize("sampler", sampling.SAMPLERS)
+def test_the_first_chain_of_a_pair_is_the_independent_sample_of_its_key(tiny, sampler):
+  """Sample 2j of an antithetic run is sample j of an independent run with K/2 samples, on any
+  batch and device split; its partner differs from it."""
+  model, params = tiny
+  y0 = kspace.measure(_images(3), (8, 8))
+  run = lambda k, anti, batch, devices: sampling.posterior_samples(
+      model, params, y0, key=jax.random.key(2), num_samples=k, num_steps=3, lam=0.7,
+      batch_size=batch, mesh=_mesh(devices), sampler=sampler, antithetic=anti).samples
+  pairs = run(4, True, 12, 8)
+  np.testing.assert_allclose(pairs[:, 0::2], run(2, False, 6, 1), atol=2e-5, rtol=0)
+  np.testing.assert_allclose(run(4, True, 3, 1), pairs, atol=2e-5, rtol=0)
+  assert np.abs(pairs[:, 0] - pairs[:, 1]).max() > 1e-2

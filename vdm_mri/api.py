@@ -60,6 +60,7 @@ class SamplingOptions:
   sampler: str = "paper"  # paper (λ-mixed noisy measurement) or projection (x̂₀ onto ŷ₀, DDIM)
   eta: float = 0.85  # η of the projection sampler's re-noising, 0 … 1
   t_start: float = 1.0  # start at t ∈ (0, 1] from the noised zero-filled image (1: from noise)
+  antithetic: bool = False  # K/2 pairs of chains with mirrored noise instead of K independent
 
   def __post_init__(self):
     for field in dataclasses.fields(self):  # config values arrive as any number type
@@ -76,6 +77,9 @@ class SamplingOptions:
     for name in ("steps", "num_samples", "batch_size"):
       if getattr(self, name) < 1:
         raise InputError(f"{name} must be at least 1, got {getattr(self, name)}")
+    if self.antithetic and self.num_samples % 2:
+      raise InputError(f"num_samples must be even when antithetic (sampled in pairs), got "
+                       f"{self.num_samples}; or turn antithetic off")
 
   @classmethod
   def from_config(cls, cfg, **overrides) -> SamplingOptions:
@@ -90,23 +94,29 @@ class SamplingOptions:
     return dataclasses.replace(self, **{k: v for k, v in overrides.items() if v is not None})
 
   def with_setting(self, text: str) -> SamplingOptions:
-    """These options with a setting `sampler:steps:K[:eta[:t_start]]` (e.g. "paper:10:16",
-    "projection:20:8:0.85:1"): the short form the experiments and benchmarks take."""
+    """These options with a setting `sampler:steps:K[:eta[:t_start]][:anti|:indep]` (e.g.
+    "paper:10:16", "projection:20:2:0.85:1:anti"): the short form the experiments and
+    benchmarks take. A trailing `anti` / `indep` sets antithetic pairs / independent samples."""
     parts = text.strip().split(":")
+    pairing = {"anti": True, "indep": False}
+    values = {}
+    if parts and parts[-1] in pairing:
+      values["antithetic"] = pairing[parts.pop()]
     names = ("sampler", "steps", "num_samples", "eta", "t_start")
+    usage = f"setting {text!r} is not sampler:steps:K[:eta[:t_start]][:anti|:indep]"
     if not 3 <= len(parts) <= len(names):
-      raise InputError(f"setting {text!r} is not sampler:steps:K[:eta[:t_start]]")
+      raise InputError(usage)
     try:
-      values = {name: _TYPES[field.type](part) for name, part, field in zip(
-          names, parts, [_FIELDS[n] for n in names])}
+      values.update({name: _TYPES[_FIELDS[name].type](part) for name, part in zip(names, parts)})
     except ValueError:
-      raise InputError(f"setting {text!r} is not sampler:steps:K[:eta[:t_start]]") from None
+      raise InputError(usage) from None
     return dataclasses.replace(self, **values)
 
   @property
   def setting(self) -> str:
-    """The short form `sampler:steps:K:eta:t_start` (with_setting's)."""
-    return f"{self.sampler}:{self.steps}:{self.num_samples}:{self.eta:g}:{self.t_start:g}"
+    """The short form `sampler:steps:K:eta:t_start:anti|indep` (with_setting's)."""
+    return (f"{self.sampler}:{self.steps}:{self.num_samples}:{self.eta:g}:{self.t_start:g}:"
+            f"{'anti' if self.antithetic else 'indep'}")
 
   @property
   def nfe(self) -> int:

@@ -81,6 +81,8 @@ def define_flags(fv: flags.FlagValues):
   f("t_start", None, "start at this t ∈ (0, 1] from the noised zero-filled image (1: from "
     "noise; default: config.sampling.t_start)", flag_values=fv)
   i("num_samples", None, "posterior samples per slice (default: config)", flag_values=fv)
+  b("antithetic", None, "draw the samples as num_samples/2 antithetic pairs (mirrored noise; "
+    "a better mean for the cost) instead of independently (default: config)", flag_values=fv)
   i("batch_size", None, "images per compiled call over all devices (default: config)",
     flag_values=fv)
   b("final_projection", None, "project onto ŷ₀ after the last step (default: config)",

@@ -33,7 +33,14 @@ zero-filled image (kspace.project of zeros onto ŷ₀).
 Guidance with λ = 0, or no measurement at all (`y0=None`), samples the unconditional prior with
 the same code. Keys: one key per sample (`sample_keys`: fold_in(fold_in(key, n), k) for
 measurement n, posterior sample k), folded with the step index every step, so a sample does not
-depend on the batch it runs in or on the number of devices. `make_sampler` jits the whole loop
+depend on the batch it runs in or on the number of devices.
+
+Antithetic pairs (`signs`): a sample also carries a sign s = ±1 that multiplies every noise draw
+(z_1, each step's ε and the measurement noise ε′). Two chains with one key and opposite signs
+see mirrored noise; for a prior whose sampler is affine in the noise (a Gaussian prior, and
+locally any smooth one) their mean is the noise-free path, so the pair's mean estimates the
+posterior mean with much less variance than two independent samples (`posterior_samples`,
+`antithetic=True`: K/2 keys, each run with s = +1 and s = -1). s = +1 is the plain sample. `make_sampler` jits the whole loop
 (`lax.scan`, not unrolled) over a 1-D mesh of all local devices, batch sharded on 'data'.
 """
 
@@ -76,9 +83,11 @@ def ancestral_step(z_t, eps_hat, eps, gamma_t, gamma_s):
           + schedule.sigma(gamma_s) * jnp.sqrt(c) * eps)
 
 
-def _normal(keys, shape):
-  """One N(0, I) draw of `shape` per key: [B] keys -> [B, *shape] float32."""
-  return jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
+def _normal(keys, shape, signs=None):
+  """One N(0, I) draw of `shape` per key: [B] keys -> [B, *shape] float32, times the per-sample
+  sign `signs` [B] (±1; None: +1)."""
+  draw = jax.vmap(lambda k: jax.random.normal(k, shape, jnp.float32))(keys)
+  return draw if signs is None else draw * signs.reshape((-1,) + (1,) * len(shape))
 
 
 def _step_keys(keys, i):
@@ -88,23 +97,25 @@ def _step_keys(keys, i):
 
 
 def reverse_step(z_t, keys, i, gamma_t, gamma_s, *, eps_fn: EpsFn, y0_f=None, lam=1.0,
-                 gamma_min: float, gamma_max: float):
-  """Step t = i/N → s = (i-1)/N for a batch z_t [B, H, W]; `keys` [B], one per sample.
+                 gamma_min: float, gamma_max: float, signs=None):
+  """Step t = i/N → s = (i-1)/N for a batch z_t [B, H, W]; `keys` [B], one per sample;
+  `signs` [B] ±1 on the step's noise (antithetic pairs; None: +1).
 
   y0_f = None skips the guidance (prior sampling); the step's noise then stays the same as with
   guidance, since ε′ and ε come from separate keys.
   """
   key_y, key_eps = _step_keys(keys, i)
   if y0_f is not None:
-    z_t = guidance_step(z_t, y0_f, _normal(key_y, z_t.shape[1:]), gamma_t, lam)
+    z_t = guidance_step(z_t, y0_f, _normal(key_y, z_t.shape[1:], signs), gamma_t, lam)
   cond = jnp.full(z_t.shape[:1], vdm.gamma_to_cond(gamma_t, gamma_min, gamma_max))  # [B]
   eps_hat = eps_fn(z_t[..., None], cond)[..., 0]  # the network sees [B, H, W, 1]
-  return ancestral_step(z_t, eps_hat, _normal(key_eps, z_t.shape[1:]), gamma_t, gamma_s)
+  return ancestral_step(z_t, eps_hat, _normal(key_eps, z_t.shape[1:], signs), gamma_t, gamma_s)
 
 
 def projection_step(z_t, keys, i, gamma_t, gamma_s, *, eps_fn: EpsFn, y0_f=None,
-                    eta: float = 0.85, gamma_min: float, gamma_max: float):
-  """x̂₀-projection step t → s (DDNM / DDS) for a batch z_t [B, H, W]; `keys` [B].
+                    eta: float = 0.85, gamma_min: float, gamma_max: float, signs=None):
+  """x̂₀-projection step t → s (DDNM / DDS) for a batch z_t [B, H, W]; `keys` [B]; `signs` as
+  in reverse_step.
 
   x̂₀ = clip((z_t - σ_t·ε̂)/α_t, -1, 1) in the encoded space, projected onto the measurement
   (x̂₀ ← kspace.project(x̂₀, ŷ₀ᶠ): exact for a centre crop), then re-noised DDIM-style:
@@ -120,7 +131,7 @@ def projection_step(z_t, keys, i, gamma_t, gamma_s, *, eps_fn: EpsFn, y0_f=None,
   var_eta = eta**2 * schedule.sigma2(gamma_s) * -jnp.expm1(gamma_s - gamma_t)
   direction = jnp.sqrt(jnp.maximum(schedule.sigma2(gamma_s) - var_eta, 0.0))
   return (schedule.alpha(gamma_s) * x0 + direction * eps_hat
-          + jnp.sqrt(var_eta) * _normal(key_eps, z_t.shape[1:]))
+          + jnp.sqrt(var_eta) * _normal(key_eps, z_t.shape[1:], signs))
 
 
 SAMPLERS = ("paper", "projection")
@@ -176,10 +187,11 @@ def sample(keys, y0=None, lam=1.0, *, eps_fn: EpsFn, gamma_fn: GammaFn, bits: in
            gamma_min: float, gamma_max: float, image_shape: tuple[int, int], num_steps: int,
            final_projection: bool = False, progress_every: int = 0,
            axis_name: str | None = None, sampler: str = "paper", eta: float = 0.85,
-           t_start: float = 1.0):
+           t_start: float = 1.0, signs=None):
   """Guided sampling, N = num_steps steps: x̂ [B, H, W] float32 intensities.
 
-  keys: [B] typed PRNG keys, one per sample. y0: [B, h, w] complex64 measurement of the image
+  keys: [B] typed PRNG keys, one per sample. signs: [B] float32 ±1 multiplying all of a
+  sample's noise (antithetic pairs, module doc), or None (all +1). y0: [B, h, w] complex64 measurement of the image
   in intensity space (kspace.measure / measurement_from_lowres), or None for the prior.
   lam: λ (scalar or [B, 1, 1]; the paper sampler). final_projection: project x̂ onto ŷ₀ after
   clipping (module doc). sampler: one of SAMPLERS; eta: η of the projection sampler.
@@ -201,16 +213,16 @@ def sample(keys, y0=None, lam=1.0, *, eps_fn: EpsFn, gamma_fn: GammaFn, bits: in
   gammas = gamma_fn(grid * t_start if t_start < 1.0 else grid)  # [N+1], γ(t_start·i/N)
   split = jax.vmap(jax.random.split)(keys)  # [B, 2]
   key_init, key_loop = split[:, 0], split[:, 1]
-  z_1 = _normal(key_init, tuple(image_shape))  # [B, H, W]
+  z_1 = _normal(key_init, tuple(image_shape), signs)  # [B, H, W]
   if t_start < 1.0:
     f_0 = scale * kspace.project(jnp.zeros((y0.shape[0], *image_shape), jnp.float32), y0) + offset
     z_1 = schedule.alpha(gammas[-1]) * f_0 + schedule.sigma(gammas[-1]) * z_1
   if sampler == "paper":
     step = functools.partial(reverse_step, eps_fn=eps_fn, y0_f=y0_f, lam=lam,
-                             gamma_min=gamma_min, gamma_max=gamma_max)
+                             gamma_min=gamma_min, gamma_max=gamma_max, signs=signs)
   else:
     step = functools.partial(projection_step, eps_fn=eps_fn, y0_f=y0_f, eta=eta,
-                             gamma_min=gamma_min, gamma_max=gamma_max)
+                             gamma_min=gamma_min, gamma_max=gamma_max, signs=signs)
 
   def body(z_t, i):
     z_s = step(z_t, key_loop, i, gammas[i], gammas[i - 1])
@@ -241,30 +253,39 @@ def make_mesh(devices=None) -> jax.sharding.Mesh:
 @functools.lru_cache(maxsize=16)
 def make_sampler(model, mesh: jax.sharding.Mesh, *, num_steps: int, guided: bool,
                  final_projection: bool = False, progress_every: int = 0,
-                 sampler: str = "paper", eta: float = 0.85, t_start: float = 1.0):
+                 sampler: str = "paper", eta: float = 0.85, t_start: float = 1.0,
+                 antithetic: bool = False):
   """`sample` for a model.VDM, jitted on `mesh`: fn(params, keys, y0, lam) -> x̂ [B, H, W].
 
-  Guided=False gives fn(params, keys) (the prior). params and λ are replicated, keys [B] and
-  y0 [B, h, w] sharded on 'data' (B a multiple of mesh.size). λ is traced: a λ sweep compiles
-  once. Cached on its (hashable) arguments.
+  Guided=False gives fn(params, keys) (the prior). antithetic=True adds the per-sample signs
+  after the keys: fn(params, keys, signs, y0, lam) / fn(params, keys, signs). params and λ are
+  replicated, keys, signs [B] and y0 [B, h, w] sharded on 'data' (B a multiple of mesh.size).
+  λ is traced: a λ sweep compiles once. Cached on its (hashable) arguments.
   """
   kwargs = dict(model_sampler_kwargs(model), num_steps=num_steps,
                 final_projection=final_projection, progress_every=progress_every,
                 axis_name="data", sampler=sampler, eta=eta, t_start=t_start)
 
-  def fn(params, keys, y0=None, lam=1.0):
+  def fn(params, keys, signs=None, y0=None, lam=1.0):
     return sample(keys, y0, lam, eps_fn=model.eps_fn(params), gamma_fn=model.gamma_fn(params),
-                  **kwargs)
+                  signs=signs, **kwargs)
+
+  # The positional inputs, in order, and whether each is sharded on 'data'.
+  names = ["params", "keys"] + (["signs"] if antithetic else []) + (
+      ["y0", "lam"] if guided else [])
+  sharded_names = {"keys", "signs", "y0"}
+
+  def per_shard(*args):
+    return fn(**dict(zip(names, args)))
 
   # Every sample is independent, so each device runs the whole sampler on its own shard
   # (shard_map): no cross-device traffic, and the batched FFTs of the guidance stay local
   # (left to the SPMD partitioner they were all-gathered onto every device).
-  specs = (P(), P("data"), P("data"), P()) if guided else (P(), P("data"))
-  per_device = jax.shard_map(fn if guided else (lambda params, keys: fn(params, keys)),
-                             mesh=mesh, in_specs=specs, out_specs=P("data"))
-  replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  in_shardings = (replicated, sharded, sharded, replicated) if guided else (replicated, sharded)
-  return jax.jit(per_device, in_shardings=in_shardings, out_shardings=sharded)
+  specs = tuple(P("data") if n in sharded_names else P() for n in names)
+  per_device = jax.shard_map(per_shard, mesh=mesh, in_specs=specs, out_specs=P("data"))
+  in_shardings = tuple(NamedSharding(mesh, spec) for spec in specs)
+  return jax.jit(per_device, in_shardings=in_shardings,
+                 out_shardings=NamedSharding(mesh, P("data")))
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,8 +312,9 @@ def _pad_to(a, size: int):
 
 
 def run_batched(sampler, params, keys, y0=None, lam=1.0, *, batch_size: int,
-                mesh: jax.sharding.Mesh):
-  """Run a `make_sampler` fn over keys [M] (and y0 [M, h, w]) in padded batches: [M, H, W] numpy.
+                mesh: jax.sharding.Mesh, signs=None):
+  """Run a `make_sampler` fn over keys [M] (signs [M] for an antithetic sampler, and y0
+  [M, h, w]) in padded batches: [M, H, W] numpy.
 
   Every call has the same batch size, so the sampler compiles once; params are placed on the
   mesh once, not sent with every call.
@@ -303,6 +325,8 @@ def run_batched(sampler, params, keys, y0=None, lam=1.0, *, batch_size: int,
   for start in range(0, keys.shape[0], batch_size):
     stop = min(start + batch_size, keys.shape[0])
     args = [_pad_to(keys[start:stop], batch_size)]
+    if signs is not None:
+      args.append(_pad_to(jnp.asarray(signs[start:stop], jnp.float32), batch_size))
     if y0 is not None:
       args.append(_pad_to(jnp.asarray(y0[start:stop], jnp.complex64), batch_size))
     args = [jax.device_put(a, sharded) for a in args]
@@ -321,27 +345,48 @@ class Posterior:
   std: np.ndarray  # [N, H, W]
 
 
+def posterior_keys(key, num_measurements: int, num_samples: int, first_index: int = 0, *,
+                   antithetic: bool = False):
+  """Keys [N, K] and signs [N, K] of K posterior samples per measurement (sample_keys).
+
+  Independent samples: K keys, signs +1. Antithetic: K/2 keys (K even), sample 2j and 2j+1
+  both run key j, with signs +1 and -1, so sample 2j is the independent sample of key j."""
+  if not antithetic:
+    return (sample_keys(key, num_measurements, num_samples, first_index),
+            jnp.ones((num_measurements, num_samples), jnp.float32))
+  if num_samples % 2:
+    raise ValueError(f"antithetic sampling draws pairs: num_samples must be even, got "
+                     f"{num_samples}")
+  keys = jnp.repeat(sample_keys(key, num_measurements, num_samples // 2, first_index), 2,
+                    axis=1)
+  signs = jnp.tile(jnp.asarray([1.0, -1.0], jnp.float32), (num_measurements, num_samples // 2))
+  return keys, signs
+
+
 def posterior_samples(model, params, y0, *, key, num_samples: int, lam: float = 1.0,
                       num_steps: int = 1000, final_projection: bool = True,
                       batch_size: int = 4, progress_every: int = 0, mesh=None,
                       first_index: int = 0, sampler: str = "paper", eta: float = 0.85,
-                      t_start: float = 1.0) -> Posterior:
+                      t_start: float = 1.0, antithetic: bool = False) -> Posterior:
   """K = num_samples guided samples for each measurement y0 [N, h, w] (intensity space).
 
   Batches hold min(batch_size, N·K) samples (rounded up to the device count), so a single
   slice does not pay for a padded batch. `first_index`: the index of y0[0] in the whole set
-  (its keys are `sample_keys(key, …, first_index)`), so a process given a share of the
+  (its keys are `posterior_keys(key, …, first_index)`), so a process given a share of the
   measurements draws exactly what one process given all of them would. `sampler`, `eta`,
-  `t_start` as in `sample`."""
+  `t_start` as in `sample`; `antithetic`: K/2 antithetic pairs (module doc) instead of K
+  independent samples."""
   mesh = make_mesh() if mesh is None else mesh
   n = y0.shape[0]
-  keys = sample_keys(key, n, num_samples, first_index).reshape(-1)  # [N·K], measurement-major
+  keys, signs = posterior_keys(key, n, num_samples, first_index, antithetic=antithetic)
   y0_flat = jnp.repeat(jnp.asarray(y0, jnp.complex64), num_samples, axis=0)  # [N·K, h, w]
   fn = make_sampler(model, mesh, num_steps=num_steps, guided=True,
                     final_projection=final_projection, progress_every=progress_every,
-                    sampler=sampler, eta=float(eta), t_start=float(t_start))
-  x = run_batched(fn, params, keys, y0_flat, lam,
-                  batch_size=padded_batch_size(min(batch_size, n * num_samples), mesh), mesh=mesh)
+                    sampler=sampler, eta=float(eta), t_start=float(t_start),
+                    antithetic=antithetic)
+  x = run_batched(fn, params, keys.reshape(-1), y0_flat, lam,  # measurement-major
+                  batch_size=padded_batch_size(min(batch_size, n * num_samples), mesh),
+                  mesh=mesh, signs=signs.reshape(-1) if antithetic else None)
   samples = x.reshape(n, num_samples, *x.shape[1:])
   return Posterior(samples=samples, mean=samples.mean(1), std=samples.std(1))
 

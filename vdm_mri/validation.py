@@ -299,7 +299,8 @@ class SampleGrid:
   def __call__(self, step: int, params):
     full = self.images.shape[1:]
     y0 = kspace.measure(jnp.asarray(self.images), (full[0] // 4, full[1] // 4))
-    options = SamplingOptions.from_config(self.cfg, num_samples=1, batch_size=len(self.images))
+    options = SamplingOptions.from_config(self.cfg, num_samples=1, antithetic=False,
+                                          batch_size=len(self.images))
     guided = sampling.posterior_samples(self.model, params, y0, key=self.key,
                                         **options.posterior_kwargs())
     prior = sampling.prior_samples(self.model, params, key=jax.random.fold_in(self.key, 1),
