@@ -1,16 +1,18 @@
-"""Time to super-resolve one slice with the sampling defaults of a prior, and with a reference
+"""Time to super-resolve a slice with the sampling defaults of a prior, and with a reference
 setting beside it: the number a user waits for per slice on this machine.
 
     python benchmarks/slice_time.py                       # the shipped prior: its default and
                                                           # the paper's sampler at 10 x 16
     python benchmarks/slice_time.py --settings=projection:10:4,paper:5:8 --lowres=64x64
     python benchmarks/slice_time.py --checkpoint=runs/cpu_prior/best --reference=""
+    python benchmarks/slice_time.py --num_slices=4        # per slice, 4 slices in one call
 
-A setting is `sampler:steps:K[:eta[:t_start]]` (api.SamplingOptions.with_setting) over the
-prior's defaults. One slice of the bundled sample is measured (centre of k-space, noise-free) and
-super-resolved (api.super_resolve) with K posterior samples, batched as `python -m vdm_mri.sample` does for a single
-slice. The first call of each setting compiles (reported separately); its slice time is the best
-of --repeats further calls, each ending when the result is on the host.
+A setting is `sampler:steps:K[:eta[:t_start]][:anti|:indep]` (api.SamplingOptions.with_setting)
+over the prior's defaults. --num_slices slices of the bundled sample are measured (centre of
+k-space, noise-free) and super-resolved together (api.super_resolve, batched as `python -m
+vdm_mri.sample` does) with K posterior samples each; the time is per slice. The first call of
+each setting compiles (reported separately); its time is the best of --repeats further calls,
+each ending when the result is on the host.
 """
 
 import argparse
@@ -44,8 +46,9 @@ def main(argv=None):
                       "shipped prior)")
   parser.add_argument("--settings", default="", help="comma-separated settings to time instead "
                       "of the prior's default")
-  parser.add_argument("--reference", default="paper:10:16",
+  parser.add_argument("--reference", default="paper:10:16:0.85:1:indep",
                       help="a setting timed beside them (empty: none)")
+  parser.add_argument("--num_slices", type=int, default=1, help="slices per call (1 … 16)")
   parser.add_argument("--lowres", default="32x32")
   parser.add_argument("--repeats", type=int, default=2)
   args = parser.parse_args(argv)
@@ -57,24 +60,28 @@ def main(argv=None):
     if args.reference:
       named.append(("reference", base.with_setting(args.reference)))
     h, w = kspace.parse_size(args.lowres)
+    if not 1 <= args.num_slices <= 16:
+      raise ValueError(f"--num_slices must be in 1 … 16 (the bundled sample), got "
+                       f"{args.num_slices}")
   except (api.InputError, workdir.CheckpointError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  images = data.read_npz(vdm_mri.SAMPLE_DATA).images[:1].astype(np.float32) / data.QUANT_MAX
+  images = data.read_npz(vdm_mri.SAMPLE_DATA).images[:args.num_slices].astype(
+      np.float32) / data.QUANT_MAX
   full = prior.image_shape
   y0 = np.asarray(kspace.measure(images, (h, w)))
   shown = os.path.relpath(prior.path) if prior.path.is_relative_to(pathlib.Path.cwd()) else (
       prior.path.name)  # no machine's directories in printed (and committed) output
-  print(f"prior {shown}: {prior.config.model.kind} ch={prior.config.model.get('ch')}; one "
-        f"{h}x{w} slice -> {full[0]}x{full[1]} on {jax.device_count()} "
+  print(f"prior {shown}: {prior.config.model.kind} ch={prior.config.model.get('ch')}; "
+        f"{len(images)} {h}x{w} slice(s) -> {full[0]}x{full[1]} on {jax.device_count()} "
         f"{jax.devices()[0].platform} device(s)")
   rows = []
   for role, opts in named:
-    first, best = time_setting(prior, y0, opts, args.repeats)
+    first, best = (t / len(images) for t in time_setting(prior, y0, opts, args.repeats))
     rows.append({"role": role, "setting": opts.setting, "nfe": opts.nfe, "seconds": best,
-                 "first_seconds": first})
-    print(f"{role:>9} {opts.setting:<24} {opts.nfe:>4} NFE: {best:.2f} s per slice (first call "
-          f"with compilation {first:.1f} s)", flush=True)
+                 "first_seconds": first, "num_slices": len(images)})
+    print(f"{role:>9} {opts.setting:<30} {opts.nfe:>4} NFE: {best:.2f} s per slice (first call "
+          f"with compilation {first:.1f} s per slice)", flush=True)
   return rows
 
 

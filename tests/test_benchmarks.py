@@ -194,14 +194,19 @@ def test_slice_time_times_the_priors_default_and_the_reference(tmp_path, capsys)
   from vdm_mri import model as model_lib, pretrained  # pylint: disable=g-import-not-at-top
   config = load_config("tiny")
   config.model.ch, config.model.ch_mult = 8, (1, 1, 1, 1)
-  config.sampling.update(steps=2, num_samples=3, sampler="projection", batch_size=4)
+  config.sampling.update(steps=2, num_samples=2, sampler="projection", batch_size=4,
+                         antithetic=True)
   prior = pretrained.export(tmp_path / "prior", model_lib.from_config(config).init(
       jax.random.key(0)), config)
-  rows = slice_time.main([f"--checkpoint={prior}", "--reference=paper:1:2", "--repeats=1",
-                          "--lowres=16x16"])
-  assert [(r["role"], r["setting"], r["nfe"]) for r in rows] == [
-      ("default", "projection:2:3:0.85:1", 6), ("reference", "paper:1:2:0.85:1", 2)]
+  rows = slice_time.main([f"--checkpoint={prior}", "--reference=paper:1:3:0.85:1:indep",
+                          "--repeats=1", "--lowres=16x16", "--num_slices=2"])
+  assert [(r["role"], r["setting"], r["nfe"], r["num_slices"]) for r in rows] == [
+      ("default", "projection:2:2:0.85:1:anti", 4, 2),
+      ("reference", "paper:1:3:0.85:1:indep", 3, 2)]
   assert all(np.isfinite(r["seconds"]) and r["seconds"] > 0 for r in rows)
-  with pytest.raises(SystemExit) as e:
-    slice_time.main([f"--checkpoint={prior}", "--settings=paper:1"])
-  assert e.value.code == 2 and "is not sampler:steps:K" in capsys.readouterr().err
+  for bad, message in (("--settings=paper:1", "is not sampler:steps:K"),
+                       ("--settings=paper:1:3", "must be even"),  # the prior's pairs, odd K
+                       ("--num_slices=0", "--num_slices must be in")):
+    with pytest.raises(SystemExit) as e:
+      slice_time.main([f"--checkpoint={prior}", bad])
+    assert e.value.code == 2 and message in capsys.readouterr().err, bad
