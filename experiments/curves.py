@@ -144,9 +144,9 @@ def settings(p, args) -> dict:
   quick = args.quick
   opts = _common.sampling_kwargs(args)
   k_list = sorted(set(_int_list(p, "k_list", args.k_list or ("1,2" if quick else "1,2,4,8"))))
-  if opts["antithetic"] and any(k > 1 and k % 2 for k in k_list):
+  if opts["antithetic"] and (max(k_list) % 2 or any(k > 1 and k % 2 for k in k_list)):
     p.error(f"--k_list: with antithetic pairs each K is 1 (the first chain of a pair) or even, "
-            f"got {k_list}")
+            f"and the largest even, got {k_list}")
   return {
       "steps_list": _int_list(p, "steps_list", args.steps_list or
                               ("2,4" if quick else "25,50,100,250,1000")),

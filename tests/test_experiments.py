@@ -205,6 +205,15 @@ def test_curves_have_every_point_per_set_and_a_nested_k_curve(checkpoint, two_se
   assert panel.size[0] >= 2 * 480 and panel.size[1] >= 320 + 4 * 14  # two panels, 4 legend rows
 
 
+def test_curves_reject_a_k_list_that_splits_antithetic_pairs(checkpoint, tmp_path, capsys):
+  for k_list in ("1", "1,3", "2,3"):
+    with pytest.raises(SystemExit) as e:
+      _run("curves", checkpoint, tmp_path, "--antithetic", "--num_samples=2",
+           f"--k_list={k_list}")
+    assert e.value.code == 2 and "antithetic pairs" in capsys.readouterr().err, k_list
+  assert not tmp_path.joinpath("curves.csv").exists()
+
+
 def test_missing_checkpoint_is_exit_code_2(tmp_path, capsys):
   module = importlib.import_module("fig4_lambda")
   with pytest.raises(SystemExit) as e:
