@@ -100,7 +100,7 @@ def table(rows: list[dict]) -> str:
   by_setting: dict[str, dict] = {}
   for r in rows:
     by_setting.setdefault(r["setting"], {})[(r["set"], r["lowres"])] = r
-  lines = ["| setting (sampler:steps:K:η:t₀) | NFE | " + " | ".join(
+  lines = ["| setting (sampler:steps:K:η:t₀:pairing) | NFE | " + " | ".join(
       f"{name} {size}" for name, size in cases) + " | mean PSNR gain | coverage (head, mean) |",
            "|" + " --- |" * (len(cases) + 4)]
   entries = []

@@ -107,7 +107,7 @@ def test_shipped_prior_super_resolves_from_the_command_line(tmp_path):
   out = tmp_path / "sr.npz"
   result = subprocess.run(
       [sys.executable, "-m", "vdm_mri.sample", "--simulate", "--lowres=32x32",
-       f"--input={tmp_path / 'gt.npz'}", f"--output={out}", "--steps=4", "--num_samples=1"],
+       f"--input={tmp_path / 'gt.npz'}", f"--output={out}", "--steps=4", "--num_samples=2"],
       cwd=REPO, capture_output=True, text=True, timeout=600, check=False)
   assert result.returncode == 0, result.stderr
   with np.load(out) as f:

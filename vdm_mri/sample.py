@@ -155,7 +155,8 @@ def run(fv) -> int:
       f" -> {model.image_shape[0]}x{model.image_shape[1]}: {opts.sampler} sampler"
       f"{f' (η={opts.eta})' if opts.sampler == 'projection' else f' (λ={opts.lam})'}, "
       f"{opts.steps} steps{f' from t={opts.t_start}' if opts.t_start < 1 else ''}, "
-      f"{opts.num_samples} sample(s), final projection {opts.final_projection}, "
+      f"{opts.num_samples} sample(s){' in antithetic pairs' if opts.antithetic else ''}, "
+      f"final projection {opts.final_projection}, "
       f"{jax.device_count()} device(s) in {jax.process_count()} process(es)")
   out = api.super_resolve(prior, kspace=problem.y0, subject=problem.subject,
                           normalize=fv.normalize, key=key_sample, options=opts, progress=True,
