@@ -40,7 +40,8 @@ Antithetic pairs (`signs`): a sample also carries a sign s = ±1 that multiplies
 see mirrored noise; for a prior whose sampler is affine in the noise (a Gaussian prior, and
 locally any smooth one) their mean is the noise-free path, so the pair's mean estimates the
 posterior mean with much less variance than two independent samples (`posterior_samples`,
-`antithetic=True`: K/2 keys, each run with s = +1 and s = -1). s = +1 is the plain sample. `make_sampler` jits the whole loop
+`antithetic=True`: K/2 keys, each run with s = +1 and s = -1). s = +1 is the plain sample.
+`make_sampler` jits the whole loop
 (`lax.scan`, not unrolled) over a 1-D mesh of all local devices, batch sharded on 'data'.
 """
 
@@ -191,7 +192,8 @@ def sample(keys, y0=None, lam=1.0, *, eps_fn: EpsFn, gamma_fn: GammaFn, bits: in
   """Guided sampling, N = num_steps steps: x̂ [B, H, W] float32 intensities.
 
   keys: [B] typed PRNG keys, one per sample. signs: [B] float32 ±1 multiplying all of a
-  sample's noise (antithetic pairs, module doc), or None (all +1). y0: [B, h, w] complex64 measurement of the image
+  sample's noise (antithetic pairs, module doc), or None (all +1). y0: [B, h, w] complex64
+  measurement of the image
   in intensity space (kspace.measure / measurement_from_lowres), or None for the prior.
   lam: λ (scalar or [B, 1, 1]; the paper sampler). final_projection: project x̂ onto ŷ₀ after
   clipping (module doc). sampler: one of SAMPLERS; eta: η of the projection sampler.
@@ -349,11 +351,10 @@ def posterior_keys(key, num_measurements: int, num_samples: int, first_index: in
                    antithetic: bool = False):
   """Keys [N, K] and signs [N, K] of K posterior samples per measurement (sample_keys).
 
-  Independent samples: K keys, signs +1. Antithetic: K/2 keys (K even), sample 2j and 2j+1
-  both run key j, with signs +1 and -1, so sample 2j is the independent sample of key j."""
+  Independent samples: K keys, signs None (all +1). Antithetic: K/2 keys (K even), sample 2j
+  and 2j+1 both run key j, with signs +1 and -1, so sample 2j is the independent sample of key j."""
   if not antithetic:
-    return (sample_keys(key, num_measurements, num_samples, first_index),
-            jnp.ones((num_measurements, num_samples), jnp.float32))
+    return sample_keys(key, num_measurements, num_samples, first_index), None
   if num_samples % 2:
     raise ValueError(f"antithetic sampling draws pairs: num_samples must be even, got "
                      f"{num_samples}")
@@ -386,7 +387,7 @@ def posterior_samples(model, params, y0, *, key, num_samples: int, lam: float = 
                     antithetic=antithetic)
   x = run_batched(fn, params, keys.reshape(-1), y0_flat, lam,  # measurement-major
                   batch_size=padded_batch_size(min(batch_size, n * num_samples), mesh),
-                  mesh=mesh, signs=signs.reshape(-1) if antithetic else None)
+                  mesh=mesh, signs=None if signs is None else signs.reshape(-1))
   samples = x.reshape(n, num_samples, *x.shape[1:])
   return Posterior(samples=samples, mean=samples.mean(1), std=samples.std(1))
 
