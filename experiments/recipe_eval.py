@@ -9,7 +9,7 @@ scored on the same validation slices (`--per_subject` fixed slices per subject o
 `validation.pick_slices`): (a) `validation.DenoisingBands` (8 bands over [γ_min, γ_max], one
 fixed noise draw per slice and band), (b) `validation.SRValidation` (64→128 and 32→128, `--steps`
 reverse steps, K = `--num_samples`, noise-free; the mean PSNR gain over zero-filling is the
-score), (c) images seen and the mean training images/s from the run's metrics.jsonl. Writes
+score), (c) images seen and the median training images/s from the run's metrics.jsonl. Writes
 recipes.json and recipes.csv (one row per run; the band columns per set).
 """
 
@@ -30,7 +30,7 @@ from vdm_mri import api, validation
 
 
 def training_stats(workdir: pathlib.Path) -> dict:
-  """Step, images seen and mean images/s over the run's logged intervals (metrics.jsonl)."""
+  """Step, images seen and the median images/s of the run's logged intervals (metrics.jsonl)."""
   path = workdir / "metrics.jsonl"
   if not path.is_file():
     return {}

@@ -25,6 +25,21 @@ SLOWEST_FIRST = ("test_distributed.py", "test_experiments.py", "test_train.py",
                  "test_benchmarks.py", "test_recipe.py")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One JAX compilation cache for the whole run, empty at its start: a program that several
+  tests build (the same sampler or train step of the same model) compiles once. With xdist the
+  workers share it (the run's base folder). In-process CLIs leave it as it is
+  (VDM_MRI_COMPILATION_CACHE is empty); subprocesses are handed its path."""
+  import jax  # after XLA_FLAGS is set
+  base = tmp_path_factory.getbasetemp()
+  path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "jax_cache"
+  path.mkdir(exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  return path
+
+
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within
@@ -34,6 +49,36 @@ def load_config(name: str):
   """configs/<name>.py's get_config()."""
   from vdm_mri.model import load_config_file  # after XLA_FLAGS is set
   return load_config_file(REPO / "configs" / f"{name}.py")
+
+
+def tiny_config_128():
+  """configs/tiny.py at the bundled sample's 128x128 with 8 channels (middle attention at
+  16x16): the cheapest model that samples full-size slices."""
+  config = load_config("tiny")
+  config.model.ch, config.model.ch_mult = 8, (1, 1, 1, 1)
+  config.schedule.hidden = 16
+  return config
+
+
+def write_workdir(directory, config):
+  """A work dir laid out as train.py writes it (checkpoints/<step>/{state,data}, config.json),
+  by the functions it writes it with, holding `config`'s initial train state at step 0; a first
+  training step would not move it (the learning rate warms up from 0)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from vdm_mri import data, model as model_lib, optim, train  # pylint: disable=g-import-not-at-top
+  from vdm_mri import workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+  model = model_lib.from_config(config)
+  tx, _ = optim.make_optimizer(config.optimizer)
+  state = train.create_train_state(model, tx, jax.random.key(config.seed))
+  size = config.data.image_size
+  iterator = data.train_iterator(data.ArraySource(np.zeros((8, size, size), np.uint16)),
+                                 global_batch=8, seed=0)
+  mngr = workdir_lib.checkpoint_manager(pathlib.Path(directory) / "checkpoints", keep=1)
+  workdir_lib.save_checkpoint(mngr, state, iterator)
+  mngr.wait_until_finished()
+  mngr.close()
+  workdir_lib.save_config(config, directory)
+  return directory
 
 
 @pytest.fixture(scope="session")

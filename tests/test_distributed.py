@@ -92,11 +92,11 @@ def _env(devices: int, cache: str = "") -> dict:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-  """One compilation cache, empty at first, for this module's launches: a resumed run loads
-  the programs its first launch compiled, as a user's resumed run does (the test compares its
-  numbers with an uninterrupted run's all the same)."""
-  return tmp_path_factory.mktemp("jax_cache")
+def cache(compilation_cache):
+  """The run's compilation cache (conftest), empty at its start, for these launches: a resumed
+  run loads the programs its first launch compiled, as a user's resumed run does (the test
+  compares its numbers with an uninterrupted run's all the same)."""
+  return compilation_cache
 
 
 def _free_port() -> int:

@@ -5,6 +5,7 @@ import csv
 import importlib
 import json
 import pathlib
+import shutil
 import sys
 
 import jax
@@ -13,23 +14,17 @@ import pytest
 from PIL import Image
 
 import vdm_mri
-from conftest import REPO, load_config
-from vdm_mri import train
+from conftest import REPO, load_config, tiny_config_128, write_workdir
 
 sys.path.insert(0, str(REPO / "experiments"))
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-  """A 1-step tiny training run on the bundled sample: a real work dir to sample from."""
-  workdir = tmp_path_factory.mktemp("work")
-  config = load_config("tiny")
+  """A tiny model's work dir (its initial train state) to sample from."""
+  config = tiny_config_128()
   config.data.path = str(vdm_mri.SAMPLE_DATA)
-  config.model.ch = 8
-  config.model.ch_mult = (1, 1, 1, 1)  # middle attention at 16x16: fast on CPU
-  config.training.update(num_steps=1, checkpoint_every=1, sample_every=1000, log_every=1)
-  train.train_and_evaluate(config, workdir)
-  return workdir
+  return write_workdir(tmp_path_factory.mktemp("work"), config)
 
 
 @pytest.fixture(scope="module")
@@ -375,12 +370,19 @@ def test_sampler_comparison_reports_cost_quality_and_calibration(checkpoint, tmp
 
 def test_recipe_eval_scores_each_run_by_bands_and_sr(checkpoint, tmp_path):
   import recipe_eval
-  argv = [f"--outdir={tmp_path}", f"--runs=a={checkpoint},b={checkpoint}", "--quick",
+  # Run a: the work dir with a training log of 3 steps (batch 8), as MetricWriter writes it.
+  logged = shutil.copytree(checkpoint, tmp_path / "a")
+  (logged / "metrics.jsonl").write_text("".join(json.dumps(row) + "\n" for row in [
+      {"step": 1, "train/bpd": 9.0, "train/images_per_s": 3.0}, {"step": 2, "eval/bpd": 8.5},
+      {"step": 3, "train/bpd": 8.0, "train/images_per_s": 5.0},
+      {"step": 3, "train/images_per_s": 4.5}]))
+  argv = [f"--outdir={tmp_path}", f"--runs=a={logged},b={checkpoint}", "--quick",
           "--steps=2", "--num_samples=1", "--per_subject=1", f"--data={vdm_mri.SAMPLE_DATA}"]
   recipe_eval.main(argv)
   result = json.loads((tmp_path / "recipes.json").read_text())
   a, b = result["runs"]
-  assert a["step"] == 1 and a["images_seen"] == 8 and a["images_per_s"] > 0
+  assert (a["step"], a["images_seen"], a["images_per_s"]) == (3, 24, 4.5)  # median images/s
+  assert "step" not in b  # no training log: no training statistics
   bands = [k for k in a if k.startswith("den/brain_t1w_sample/band") and k.endswith("eps_mse")]
   assert len(bands) == 8 and len(result["protocol"]["bands"]) == 8
   for k in bands + ["sr/score", "den/brain_t1w_sample/diffusion_bpd"]:

@@ -7,7 +7,7 @@ import signal
 import numpy as np
 import pytest
 
-from vdm_mri import loop, train
+from vdm_mri import loop
 
 
 class _Writer:

@@ -89,12 +89,12 @@ def test_patches_run_the_whole_image_blocks_and_default_to_whole_image_coordinat
   assert "down_1_0_attn" in params["score"]  # attention at the 16 px level of a 32 px image
   z = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))
   g = jnp.full((2,), 0.5)
-  whole = model.eps_fn(params)(z, g)
-  np.testing.assert_allclose(model.eps_fn(params, coords=unet.full_coords(2, 32, 32))(z, g),
-                             whole, atol=1e-6)
+  eps = jax.jit(lambda z, g, coords=None: model.eps_fn(params, coords=coords)(z, g))
+  whole = eps(z, g)
+  np.testing.assert_allclose(eps(z, g, unet.full_coords(2, 32, 32)), whole, atol=1e-6)
   # A 16 px patch takes the same parameters (attention by level, not by patch resolution).
   patch, coords = augment.random_crop(jax.random.key(2), z, 16)
-  assert model.eps_fn(params, coords=coords)(patch, g).shape == (2, 16, 16, 1)
+  assert jax.eval_shape(eps, patch, g, coords).shape == (2, 16, 16, 1)
 
 
 def test_warm_start_into_coordinate_channels_computes_the_same_function(tmp_path):

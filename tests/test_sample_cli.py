@@ -3,7 +3,6 @@
 import json
 import pathlib
 
-import jax
 import jax.numpy as jnp
 import nibabel as nib
 import numpy as np
@@ -11,37 +10,16 @@ import pytest
 from PIL import Image
 
 import vdm_mri
-from conftest import REPO, load_config
-from vdm_mri import baselines, data, kspace, optim, sample, train
+from conftest import REPO, tiny_config_128, write_workdir
+from vdm_mri import baselines, kspace, sample
 from vdm_mri import workdir as workdir_lib
-from vdm_mri import model as model_lib
 
 STEPS = ["--steps=2", "--num_samples=2", "--batch_size=8"]
 
 
-def _tiny_config():
-  config = load_config("tiny")  # 128x128: the bundled sample's size
-  config.model.ch, config.model.ch_mult = 8, (1, 1, 1, 1)  # middle attention at 16x16: cheap
-  config.schedule.hidden = 16
-  return config
-
-
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
-  """A work dir laid out as train.py writes it: checkpoints/<step>/{state,data}, config.json."""
-  workdir = tmp_path_factory.mktemp("work")
-  config = _tiny_config()
-  model = model_lib.from_config(config)
-  tx, _ = optim.make_optimizer(config.optimizer)
-  state = train.create_train_state(model, tx, jax.random.key(0))
-  iterator = data.train_iterator(data.ArraySource(np.zeros((8, 128, 128), np.uint16)),
-                                 global_batch=8, seed=0)
-  mngr = workdir_lib.checkpoint_manager(workdir / "checkpoints", keep=1)
-  workdir_lib.save_checkpoint(mngr, state, iterator)
-  mngr.wait_until_finished()
-  mngr.close()
-  (workdir / "config.json").write_text(config.to_json_best_effort())
-  return workdir
+  return write_workdir(tmp_path_factory.mktemp("work"), tiny_config_128())
 
 
 def _run(*args):
@@ -167,7 +145,7 @@ def _write_inputs(d: pathlib.Path, workdir: pathlib.Path) -> dict:
   (d / "empty_work").mkdir()
   (d / "no_config").mkdir()
   (d / "no_config" / "checkpoints").symlink_to(workdir / "checkpoints")
-  bigger = _tiny_config()
+  bigger = tiny_config_128()
   bigger.model.ch = 16
   (d / "bigger.py").write_text(
       "import ml_collections, json\n"

@@ -23,14 +23,16 @@ def _init(net, shape):
 @pytest.mark.parametrize("kind", sorted(TINY_NETS))
 @pytest.mark.parametrize("shape", [(2, 12, 12, 1), (3, 12, 20, 3), (1, 11, 13, 1)])
 def test_networks_keep_shape_and_dtype(kind, shape):
+  # Shapes and dtypes by abstract evaluation (a wrong crop or concat fails while tracing, as it
+  # would while compiling); the numbers of these networks are run by the tests below.
   net = unet.make_network(kind, **TINY_NETS[kind])
-  params = _init(net, shape)
-  z = jax.random.normal(jax.random.key(1), shape)
-  g = jnp.linspace(0.0, 1.0, shape[0])
-  out = jax.jit(lambda p, z, g, k: net.apply(p, z, g, deterministic=False, rngs={"dropout": k}))(
+  z = jax.ShapeDtypeStruct(shape, jnp.float32)
+  g = jax.ShapeDtypeStruct(shape[:1], jnp.float32)
+  params = jax.eval_shape(net.init, jax.random.key(0), z, g)
+  out = jax.eval_shape(
+      lambda p, z, g, k: net.apply(p, z, g, deterministic=False, rngs={"dropout": k}),
       params, z, g, jax.random.key(2))
   assert out.shape == shape and out.dtype == jnp.float32
-  assert bool(jnp.all(jnp.isfinite(out)))
 
 
 @pytest.mark.parametrize("kind", sorted(TINY_NETS))
