@@ -190,10 +190,9 @@ def test_bf16_check_compares_dtype_and_seed_differences(micro_config_128):
 def test_slice_time_times_the_priors_default_and_the_reference(tmp_path, capsys):
   import numpy as np  # pylint: disable=g-import-not-at-top
   import slice_time  # pylint: disable=g-import-not-at-top
-  from conftest import load_config  # pylint: disable=g-import-not-at-top
+  from conftest import tiny_config_128  # pylint: disable=g-import-not-at-top
   from vdm_mri import model as model_lib, pretrained  # pylint: disable=g-import-not-at-top
-  config = load_config("tiny")
-  config.model.ch, config.model.ch_mult = 8, (1, 1, 1, 1)
+  config = tiny_config_128()
   config.sampling.update(steps=2, num_samples=2, sampler="projection", batch_size=4,
                          antithetic=True)
   prior = pretrained.export(tmp_path / "prior", model_lib.from_config(config).init(

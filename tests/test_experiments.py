@@ -247,8 +247,7 @@ def test_learning_curve_reads_sr_validations_against_images_seen(tmp_path, capsy
 def test_export_prior_sets_sampling_defaults_and_keeps_the_selection(tmp_path, capsys):
   import jax  # pylint: disable=g-import-not-at-top
   from vdm_mri import model as model_lib, pretrained  # pylint: disable=g-import-not-at-top
-  config = load_config("tiny")
-  config.model.ch, config.model.ch_mult = 8, (1, 1, 1, 1)
+  config = tiny_config_128()
   params = model_lib.from_config(config).init(jax.random.key(0))
   src = pretrained.export(tmp_path / "best", params, config, step=12, images_seen=96,
                           metrics={"sr/score": 0.3})
