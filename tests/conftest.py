@@ -19,8 +19,8 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
-# Test files from the longest to the shortest (seconds on one core of a 2-core AMD EPYC, in
-# brackets), the order in which the two xdist workers take them (`--dist loadfile
+# Test files from the longest to the shortest (after each: its seconds on one core of a 2-core
+# AMD EPYC), the order in which the two xdist workers take them (`--dist loadfile
 # --no-loadscope-reorder`, pyproject.toml): the long files first, so that the workers finish
 # together instead of one running a long file alone at the end.
 SLOWEST_FIRST = ("test_experiments.py",  # 200
@@ -38,6 +38,21 @@ SLOWEST_FIRST = ("test_experiments.py",  # 200
                  "test_schedule.py",  # 15
                  "test_api.py",  # 12
                  "test_data.py")  # 10; the rest take less than a second
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+  """One JAX compilation cache for the whole run, empty at its start: a program that several
+  tests build (the same sampler or train step of the same model) compiles once. With xdist the
+  workers share it (the run's base folder). In-process CLIs leave it as it is
+  (VDM_MRI_COMPILATION_CACHE is empty); subprocesses are handed its path."""
+  import jax  # pylint: disable=g-import-not-at-top  # after XLA_FLAGS is set
+  base = tmp_path_factory.getbasetemp()
+  path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "jax_cache"
+  path.mkdir(exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", str(path))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  return path
 
 
 def pytest_collection_modifyitems(items):
