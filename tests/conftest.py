@@ -44,14 +44,16 @@ SLOWEST_FIRST = ("test_experiments.py",  # 200
 def compilation_cache(tmp_path_factory):
   """One JAX compilation cache for the whole run, empty at its start: a program that several
   tests build (the same sampler or train step of the same model) compiles once. With xdist the
-  workers share it (the run's base folder). In-process CLIs leave it as it is
-  (VDM_MRI_COMPILATION_CACHE is empty); subprocesses are handed its path."""
+  workers share it (the run's base folder). Programs that compile in under half a second (the
+  single operations of eager code: over a thousand in a run) are not written to it. In-process
+  CLIs leave it as it is (VDM_MRI_COMPILATION_CACHE is empty); subprocesses are handed its
+  path."""
   import jax  # pylint: disable=g-import-not-at-top  # after XLA_FLAGS is set
   base = tmp_path_factory.getbasetemp()
   path = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "jax_cache"
   path.mkdir(exist_ok=True)
   jax.config.update("jax_compilation_cache_dir", str(path))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   return path
 
 
