@@ -19,6 +19,17 @@ from conftest import REPO, load_config, tiny_config_128, write_workdir
 sys.path.insert(0, str(REPO / "experiments"))
 
 
+@pytest.fixture(autouse=True)
+def one_device_meshes(monkeypatch):
+  """The scripts sample on a mesh of one device here: with conftest's 8 fake CPU devices every
+  batch would be padded to 8 samples, all computed on the same cores. (Sharding over devices is
+  test_sampling's and test_distributed's subject.)"""
+  from vdm_mri import sampling
+  make_mesh = sampling.make_mesh
+  monkeypatch.setattr(sampling, "make_mesh", lambda devices=None: make_mesh(
+      jax.local_devices()[:1] if devices is None else devices))
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
   """A tiny model's work dir (its initial train state) to sample from."""

@@ -195,7 +195,10 @@ def test_denoising_bands_score_an_oracle_perfect_and_a_zero_predictor_at_unit_er
 
 def test_train_step_with_patches_flips_and_weighting_updates_every_size():
   config = _small_config(coords=True)
-  config.data.update(patch_sizes="16,32", patch_probs="0.5,0.5", flip=True)
+  # One level at 16 px (8 px patches and the whole image): the step's smallest programs.
+  config.data.image_size = 16
+  config.model.update(ch_mult=(1,), attn_resolutions=())
+  config.data.update(patch_sizes="8,16", patch_probs="0.5,0.5", flip=True)
   config.loss.weighting = "sigmoid"
   config.optimizer.warmup_steps = 0  # the first update moves the parameters
   options, patches = train.step_options(config)
@@ -205,7 +208,7 @@ def test_train_step_with_patches_flips_and_weighting_updates_every_size():
   state = jax.device_get(train.create_train_state(model, tx, jax.random.key(0)))
   mesh = sampling.make_mesh(jax.devices()[:1])
   optimizer = ml_collections.FrozenConfigDict(config.optimizer)
-  x = jnp.asarray(np.random.default_rng(0).integers(0, 4096, (8, 32, 32, 1)) / 4095.0,
+  x = jnp.asarray(np.random.default_rng(0).integers(0, 4096, (8, 16, 16, 1)) / 4095.0,
                   jnp.float32)
   for size in patches.sizes:
     step = train.jit_train_step(mesh, model, optimizer, config.loss.num_steps,

@@ -1,7 +1,7 @@
 """Training loop: checkpoints and metrics, exact resume, device-count invariance, NaN stop, data
 errors, the weight-decay mask and the TensorBoard events.
 
-All runs share one tiny configuration (32x32 images, 8 channels, batch 8 = one example per fake
+All runs share one tiny configuration (16x16 images, 8 channels, batch 8 = one example per fake
 CPU device), so `train.jit_train_step` compiles the 8-device step once for the whole file.
 """
 
@@ -35,7 +35,7 @@ TRAIN_KEYS = ("bpd", "prior", "recon", "diffusion", "grad_norm", "learning_rate"
 EVAL_KEYS = ("bpd", "prior", "recon", "diffusion")
 
 
-SIZE = 32  # image side: the bundled 128x128 slices reduced by 4x4 means
+SIZE = 16  # image side: the bundled 128x128 slices reduced by 8x8 means
 
 
 def _config(data_path, **training):
@@ -53,7 +53,7 @@ def _config(data_path, **training):
 
 
 def _small_sample():
-  """The bundled slices reduced to SIZE x SIZE (means of 4x4 blocks), 12-bit: (images,
+  """The bundled slices reduced to SIZE x SIZE (means of 8x8 blocks), 12-bit: (images,
   subject, slice_index)."""
   with np.load(vdm_mri.SAMPLE_DATA) as d:
     images, subject, slice_index = d["images"], d["subject"], d["slice_index"]
@@ -237,7 +237,7 @@ def test_same_update_on_one_and_eight_devices(reference, data_dir):
     results.append(jax.device_get(step(state, batch)))
   (state_1, metrics_1), (state_8, metrics_8) = results
   for name in ("bpd", "prior", "recon", "diffusion"):
-    # (A float32 mean over 8x32x32 pixels summed in another order: 1.4e-5 seen.)
+    # (A float32 mean over 8x16x16 pixels summed in another order: 1.4e-5 seen.)
     np.testing.assert_allclose(metrics_1[name], metrics_8[name], rtol=5e-5, err_msg=name)
   # The gradient norm sums ~1e5 squares in a device-count-dependent order (1.2e-5 seen on an
   # AVX2 CPU).
@@ -433,7 +433,7 @@ def test_two_data_sets_sr_validation_and_best_params(two_set_dir, tmp_path, monk
   monkeypatch.setattr(validation.SRValidation, "__call__", scored)
   config = _config(two_set_dir, sample_every=100)
   config.data.weights = "3,1"
-  config.sr_eval.update(every=2, per_subject=1, lowres="16x16", steps=2, num_samples=1)
+  config.sr_eval.update(every=2, per_subject=1, lowres="8x8", steps=2, num_samples=1)
   train.train_and_evaluate(config, tmp_path)
 
   lines = _metrics(tmp_path)
@@ -447,7 +447,7 @@ def test_two_data_sets_sr_validation_and_best_params(two_set_dir, tmp_path, monk
   assert [l["step"] for l in srs] == [2, 4]
   for name in ("a", "b"):  # 2 subjects x 1 slice each, scored against zero-filling
     line = srs[0]
-    sr = f"sr/{name}/16x16"
+    sr = f"sr/{name}/8x8"
     assert line[f"{sr}/psnr_gain"] == pytest.approx(line[f"{sr}/psnr"] - line[f"{sr}/zf_psnr"])
     assert 10 < line[f"{sr}/zf_psnr"] < 60 and 0 < line[f"{sr}/ssim"] <= 1
     # The denoising error per band is logged beside it, on the same validation slices.

@@ -131,7 +131,9 @@ class DenoisingBands:
 
   def __init__(self, sets: dict, *, gamma_min: float, gamma_max: float, bits: int,
                num_bands: int = 8, batch_size: int = 8, key=None):
-    """`sets`: {name: images [N, H, W] in [0, 1]} (already subset)."""
+    """`sets`: {name: images [N, H, W] in [0, 1]} (already subset). A set is scored in batches
+    of min(batch_size, N) slices (one compiled program per batch size; a set smaller than
+    `batch_size` is not padded up to it)."""
     key = jax.random.key(1) if key is None else key
     self.width = (gamma_max - gamma_min) / num_bands
     self.gammas = gamma_min + self.width * (np.arange(num_bands) + 0.5)
@@ -154,8 +156,8 @@ class DenoisingBands:
       for k, g in enumerate(self.gammas):
         a, s = float(schedule.alpha(g)), float(schedule.sigma(g))
         z = a * f + s * eps[k]
-        cond = np.full((self.batch_size,), vdm.gamma_to_cond(g, self.gamma_min, self.gamma_max),
-                       np.float32)
+        batch = min(self.batch_size, len(images))
+        cond = np.full((batch,), vdm.gamma_to_cond(g, self.gamma_min, self.gamma_max), np.float32)
         eps_hat = self._predict(eps_fn, params, z, cond)
         mse = float(np.mean((eps_hat - eps[k]) ** 2))
         x_hat = ((z - s * eps_hat) / a - offset) / scale
@@ -168,7 +170,7 @@ class DenoisingBands:
 
   def _predict(self, eps_fn, params, z, cond):
     """ε̂ for z [N, H, W] in fixed-size batches (one compiled program): [N, H, W]."""
-    out, b = [], self.batch_size
+    out, b = [], len(cond)
     for i in range(0, len(z), b):
       chunk = z[i:i + b, ..., None]
       out.append(np.asarray(eps_fn(params, _pad_rows(chunk, b), cond))[:len(chunk), ..., 0])
