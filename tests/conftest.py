@@ -57,6 +57,18 @@ def compilation_cache(tmp_path_factory):
   return path
 
 
+@pytest.fixture
+def one_device_meshes(monkeypatch):
+  """Samplers on a mesh of this process's first device: with the 8 fake CPU devices every batch
+  is padded to a multiple of 8 samples, all computed on the same cores. For tests whose subject
+  is not the sharding."""
+  from vdm_mri import sampling  # pylint: disable=g-import-not-at-top  # after XLA_FLAGS is set
+  import jax  # pylint: disable=g-import-not-at-top
+  make_mesh = sampling.make_mesh
+  monkeypatch.setattr(sampling, "make_mesh", lambda devices=None: make_mesh(
+      jax.local_devices()[:1] if devices is None else devices))
+
+
 def pytest_collection_modifyitems(items):
   rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
   items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept within

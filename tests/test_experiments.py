@@ -18,16 +18,9 @@ from conftest import REPO, load_config, tiny_config_128, write_workdir
 
 sys.path.insert(0, str(REPO / "experiments"))
 
-
-@pytest.fixture(autouse=True)
-def one_device_meshes(monkeypatch):
-  """The scripts sample on a mesh of one device here: with conftest's 8 fake CPU devices every
-  batch would be padded to 8 samples, all computed on the same cores. (Sharding over devices is
-  test_sampling's and test_distributed's subject.)"""
-  from vdm_mri import sampling
-  make_mesh = sampling.make_mesh
-  monkeypatch.setattr(sampling, "make_mesh", lambda devices=None: make_mesh(
-      jax.local_devices()[:1] if devices is None else devices))
+# The scripts' logic is the subject here; sharding over devices is test_sampling's and
+# test_distributed's.
+pytestmark = pytest.mark.usefixtures("one_device_meshes")
 
 
 @pytest.fixture(scope="module")

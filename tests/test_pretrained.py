@@ -92,6 +92,7 @@ def test_shipped_prior_verifies_and_matches_its_config():
   assert manifest["images_seen"] > 0 and "sr/score" in manifest["metrics"]
 
 
+@pytest.mark.usefixtures("one_device_meshes")  # 4 samples, not padded to 8
 def test_shipped_prior_super_resolves_from_the_command_line(tmp_path):
   with np.load(vdm_mri.SAMPLE_DATA) as d:
     np.savez(tmp_path / "gt.npz", images=d["images"][6:8], subject=d["subject"][6:8])
