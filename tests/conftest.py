@@ -23,21 +23,21 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # AMD EPYC), the order in which the two xdist workers take them (`--dist loadfile
 # --no-loadscope-reorder`, pyproject.toml): the long files first, so that the workers finish
 # together instead of one running a long file alone at the end.
-SLOWEST_FIRST = ("test_experiments.py",  # 200
-                 "test_distributed.py",  # 195
-                 "test_train.py",  # 170
-                 "test_benchmarks.py",  # 120
-                 "test_sampling.py",  # 105
-                 "test_recipe.py",  # 75
-                 "test_vdm.py",  # 60
-                 "test_unet.py",  # 50
-                 "test_sample_cli.py",  # 40
-                 "test_pretrained.py",  # 35
-                 "test_baselines_metrics.py",  # 30
-                 "test_kspace.py",  # 20
-                 "test_schedule.py",  # 15
-                 "test_api.py",  # 12
-                 "test_data.py")  # 10; the rest take less than a second
+SLOWEST_FIRST = ("test_distributed.py",  # 187
+                 "test_experiments.py",  # 135
+                 "test_train.py",  # 116
+                 "test_benchmarks.py",  # 92
+                 "test_sampling.py",  # 83
+                 "test_unet.py",  # 51
+                 "test_recipe.py",  # 49
+                 "test_vdm.py",  # 46
+                 "test_sample_cli.py",  # 38
+                 "test_baselines_metrics.py",  # 31
+                 "test_kspace.py",  # 19
+                 "test_pretrained.py",  # 16
+                 "test_api.py",  # 9
+                 "test_data.py",  # 9
+                 "test_schedule.py")  # 7; the rest take less than a second
 
 
 @pytest.fixture(scope="session", autouse=True)
