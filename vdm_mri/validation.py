@@ -152,11 +152,10 @@ class DenoisingBands:
     values = {}
     for name, (images, eps) in self.sets.items():
       f = scale * images + offset
-      bound = 0.0
+      bound, batch = 0.0, min(self.batch_size, len(images))
       for k, g in enumerate(self.gammas):
         a, s = float(schedule.alpha(g)), float(schedule.sigma(g))
         z = a * f + s * eps[k]
-        batch = min(self.batch_size, len(images))
         cond = np.full((batch,), vdm.gamma_to_cond(g, self.gamma_min, self.gamma_max), np.float32)
         eps_hat = self._predict(eps_fn, params, z, cond)
         mse = float(np.mean((eps_hat - eps[k]) ** 2))
