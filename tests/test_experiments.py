@@ -394,15 +394,44 @@ def test_recipe_eval_scores_each_run_by_bands_and_sr(checkpoint, tmp_path):
 
 def test_prior_samples_panel_and_brain_statistics(checkpoint, tmp_path):
   import prior_samples
-  report = _run("prior_samples", checkpoint, tmp_path, "--num=2")
+  # The bundled sample as its own training data: every validation slice is a training slice.
+  report = _run("prior_samples", checkpoint, tmp_path, "--num=2",
+                f"--train_data={vdm_mri.SAMPLE_DATA}")
   assert report["steps"] == 2 and report["num"] == 2
   image = Image.open(tmp_path / "prior_2.png")
   assert image.size[1] == 2 * (128 + 2)  # a row of samples above a row of real slices
   real = report["validation"]
+  assert report["validation_slices"] == 16  # statistics over every validation slice
   assert 0.0 < real["head_fraction"] < 1.0 and real["head_intensity"] > 0.05
+  assert real["head_fraction_sd"] > 0.0  # slices of the whole stack differ
+  assert real["nearest_training"] == pytest.approx(1.0, abs=1e-5)
+  # An untrained network's samples are noise: far from every brain slice.
+  assert report["samples"]["nearest_training"] < 0.5
+  with pytest.raises(SystemExit) as e:  # a missing training file: exit 2 before sampling
+    _run("prior_samples", checkpoint, tmp_path / "bad", f"--train_data={tmp_path / 'no.npz'}")
+  assert e.value.code == 2 and not (tmp_path / "bad").exists()
   # The statistics mean what they say: a mirror-symmetric image scores 1, its flip-sign twin -1.
   sym = np.random.default_rng(0).random((1, 8, 8))
   sym = sym + sym[:, :, ::-1]
   assert prior_samples.image_stats(sym)["lr_symmetry"] == pytest.approx(1.0)
   ramp = np.tile(np.arange(8.0), (1, 8, 1))
   assert prior_samples.image_stats(ramp)["lr_symmetry"] == pytest.approx(-1.0)
+
+
+def test_nearest_training_slice_is_the_best_correlation_over_all_chunks(tmp_path, monkeypatch):
+  import prior_samples
+  monkeypatch.setattr(prior_samples, "CHUNK", 3)  # several chunks per block
+  rng = np.random.default_rng(0)
+  train = rng.random((7, 8, 8)).astype(np.float32)
+  query = 2.0 * train[5] + 1.0  # Pearson correlation is blind to gain and offset
+  other = rng.random((8, 8)).astype(np.float32)
+  best = prior_samples.nearest_training(np.stack([query, other]), [train[:2], train[2:]])
+  assert best[0] == pytest.approx(1.0, abs=1e-5)
+  expect = max(np.corrcoef(other.ravel(), t.ravel())[0, 1] for t in train)
+  assert best[1] == pytest.approx(expect, abs=1e-5)
+  # Default training files: the <set>_train.npz beside each <set>_val.npz that has one.
+  for name in ("a_val.npz", "a_train.npz", "b_val.npz"):
+    (tmp_path / name).write_bytes(b"")
+  found = prior_samples.training_files(None, [tmp_path / "a_val.npz", tmp_path / "b_val.npz"])
+  assert found == [tmp_path / "a_train.npz"]
+  assert prior_samples.training_files("none", [tmp_path / "a_val.npz"]) == []
