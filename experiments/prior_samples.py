@@ -5,7 +5,8 @@
 
 Draws `--num` samples from the unconditional prior (the paper's ancestral sampler, no
 measurement, `--steps` reverse steps) and shows them in one row above a row of `--num` real
-slices drawn at random (`--seed`) from all slices of the validation sets, the whole stack of
+slices drawn at random (`--seed`) from all slices of the validation sets (each set's share:
+`--set_weights`, e.g. the training mix `config.data.weights`), the whole stack of
 each subject as the prior learnt it (top of the head and cerebellum included); each row is
 sorted by head fraction, so that slices of like level stand one above the other. Writes
 prior_<steps>.png and prior_<steps>.json: for the samples and for all validation slices, the
@@ -24,15 +25,16 @@ import jax
 import numpy as np
 
 import _common
-from vdm_mri import data, figures, sampling
+from vdm_mri import api, data, figures, sampling
 
 HEAD_THRESHOLD = 0.05
 CHUNK = 1024  # training slices per matrix product in `nearest_training`
 
 
-def image_stats(images: np.ndarray) -> dict:
-  """Mean (and standard deviation, `<name>_sd`) over images of: head fraction
-  (> HEAD_THRESHOLD), mean head intensity, left-right Pearson correlation with the mirror."""
+def image_stats(images: np.ndarray, weights: np.ndarray | None = None) -> dict:
+  """Mean (and standard deviation, `<name>_sd`) over images, weighted by `weights` (default:
+  equal), of: head fraction (> HEAD_THRESHOLD), mean head intensity, left-right Pearson
+  correlation with the mirror image."""
   images = np.asarray(images, np.float32)
   head = images > HEAD_THRESHOLD
   per_image = {
@@ -42,9 +44,14 @@ def image_stats(images: np.ndarray) -> dict:
   }
   out = {}
   for name, values in per_image.items():
-    out[name] = float(values.mean())
-    out[f"{name}_sd"] = float(values.std())
+    out.update(_summary(name, values, weights))
   return out
+
+
+def _summary(name: str, values: np.ndarray, weights: np.ndarray | None) -> dict:
+  mean = np.average(values, weights=weights)
+  sd = np.sqrt(np.average((values - mean) ** 2, weights=weights))
+  return {name: float(mean), f"{name}_sd": float(sd)}
 
 
 def _pearson(a: np.ndarray, b: np.ndarray) -> float:
@@ -87,6 +94,24 @@ def training_files(arg: str | None, val_paths) -> list[pathlib.Path]:
   return found
 
 
+def set_weights(arg: str | None, sizes: list[int]) -> np.ndarray:
+  """Per-slice weights [sum(sizes)], summing to 1, from --set_weights (one per validation set:
+  a set's share of the pool, split equally over its slices; default: equal per slice)."""
+  if arg is None:
+    share = np.asarray(sizes, np.float64)
+  else:
+    try:
+      share = np.asarray([float(w) for w in arg.split(",")], np.float64)
+    except ValueError:
+      raise api.InputError(f"--set_weights={arg!r}: not comma-separated numbers") from None
+    if (len(share) != len(sizes) or not np.isfinite(share).all() or (share < 0).any()
+        or share.sum() <= 0):
+      raise api.InputError(f"--set_weights={arg!r}: need {len(sizes)} non-negative weights, "
+                           "one per validation set, not all zero")
+  share = share / share.sum()
+  return np.concatenate([np.full(n, s / n) for s, n in zip(share, sizes)])
+
+
 def _read_images(path: pathlib.Path) -> np.ndarray:
   return data.read_npz(path).images.astype(np.float32) / data.QUANT_MAX
 
@@ -101,6 +126,10 @@ def main(argv=None):
   p.add_argument("--train_data", default=None,
                  help="comma-separated training slice .npz files for `nearest_training` "
                  "(default: the <set>_train.npz beside each <set>_val.npz; none: skip it)")
+  p.add_argument("--set_weights", default=None,
+                 help="comma-separated share of each validation set in the real row and the "
+                 "validation statistics, e.g. the training mix config.data.weights "
+                 "(default: every slice alike)")
   args = p.parse_args(argv)
   if args.num < 1:
     p.error("--num must be at least 1")
@@ -111,10 +140,13 @@ def main(argv=None):
     for path in train_paths:
       if not path.is_file():
         raise FileNotFoundError(f"--train_data: no such file {path}")
+    weights = set_weights(args.set_weights, [len(images) for _, images, _ in sets.values()])
   steps = _common.num_steps(args)
   pool = np.concatenate([images for _, images, _ in sets.values()])
+  set_of = np.concatenate([np.full(len(images), name) for name, (_, images, _) in sets.items()])
   rng = np.random.default_rng(args.seed)
-  real = pool[rng.choice(len(pool), args.num, replace=args.num > len(pool))]
+  real = pool[rng.choice(len(pool), args.num, replace=args.num > np.count_nonzero(weights),
+                        p=weights)]
   samples = sampling.prior_samples(vdm_model, params, key=jax.random.key(args.seed),
                                    num=args.num, num_steps=steps, batch_size=args.batch_size)
   samples = np.asarray(samples, np.float32)
@@ -126,14 +158,15 @@ def main(argv=None):
   report = {"checkpoint": _common.display_path(_common.workdir.resolve(args.checkpoint)),
             "steps": steps, "num": args.num, "seed": args.seed,
             "validation_slices": int(len(pool)),
-            "samples": image_stats(samples), "validation": image_stats(pool)}
+            "validation_set_shares": {name: float(weights[set_of == name].sum()) for name in sets},
+            "samples": image_stats(samples), "validation": image_stats(pool, weights)}
   if train_paths:
     nearest = nearest_training(np.concatenate([samples, pool]),
                                (_read_images(path) for path in train_paths))
     report["train_data"] = [_common.display_path(path) for path in train_paths]
-    for key, values in (("samples", nearest[:len(samples)]), ("validation", nearest[len(samples):])):
-      report[key].update(nearest_training=float(values.mean()),
-                         nearest_training_sd=float(values.std()),
+    for key, values, w in (("samples", nearest[:len(samples)], None),
+                           ("validation", nearest[len(samples):], weights)):
+      report[key].update(_summary("nearest_training", values, w),
                          nearest_training_max=float(values.max()))
   else:
     print("nearest_training: no training slices found (--train_data), not computed")

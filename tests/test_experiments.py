@@ -369,6 +369,9 @@ def test_sampler_comparison_reports_cost_quality_and_calibration(checkpoint, tmp
   with pytest.raises(SystemExit) as e:
     _run("sampler_compare", checkpoint, tmp_path / "bad", "--settings=ddpm:2:2")
   assert e.value.code == 2 and not (tmp_path / "bad").exists()
+  with pytest.raises(SystemExit) as e:  # one weight per validation set, and there is one set
+    _run("prior_samples", checkpoint, tmp_path / "bad", "--set_weights=0.65,0.35")
+  assert e.value.code == 2 and not (tmp_path / "bad").exists()
 
 
 def test_recipe_eval_scores_each_run_by_bands_and_sr(checkpoint, tmp_path):
@@ -410,6 +413,9 @@ def test_prior_samples_panel_and_brain_statistics(checkpoint, tmp_path):
   with pytest.raises(SystemExit) as e:  # a missing training file: exit 2 before sampling
     _run("prior_samples", checkpoint, tmp_path / "bad", f"--train_data={tmp_path / 'no.npz'}")
   assert e.value.code == 2 and not (tmp_path / "bad").exists()
+  with pytest.raises(SystemExit) as e:  # one weight per validation set, and there is one set
+    _run("prior_samples", checkpoint, tmp_path / "bad", "--set_weights=0.65,0.35")
+  assert e.value.code == 2 and not (tmp_path / "bad").exists()
   # The statistics mean what they say: a mirror-symmetric image scores 1, its flip-sign twin -1.
   sym = np.random.default_rng(0).random((1, 8, 8))
   sym = sym + sym[:, :, ::-1]
@@ -435,3 +441,20 @@ def test_nearest_training_slice_is_the_best_correlation_over_all_chunks(tmp_path
   found = prior_samples.training_files(None, [tmp_path / "a_val.npz", tmp_path / "b_val.npz"])
   assert found == [tmp_path / "a_train.npz"]
   assert prior_samples.training_files("none", [tmp_path / "a_val.npz"]) == []
+
+
+def test_set_weights_split_each_share_over_its_slices_and_weight_the_statistics():
+  import prior_samples
+  from vdm_mri import api
+  assert prior_samples.set_weights(None, [2, 3]) == pytest.approx([0.2] * 5)
+  assert prior_samples.set_weights("1,3", [2, 3]) == pytest.approx([0.125] * 2 + [0.25] * 3)
+  for bad in ("1", "1,2,3", "-1,2", "0,0", "a,b", "nan,1"):
+    with pytest.raises(api.InputError, match="--set_weights"):
+      prior_samples.set_weights(bad, [2, 3])
+  # A zero-weight image is left out of the mean and the spread.
+  images = np.zeros((3, 4, 4), np.float32)
+  images[0, :2] = 1.0  # head fraction 0.5
+  images[1, :1] = 1.0  # head fraction 0.25
+  stats = prior_samples.image_stats(images, np.array([0.5, 0.5, 0.0]))
+  assert stats["head_fraction"] == pytest.approx(0.375)
+  assert stats["head_fraction_sd"] == pytest.approx(0.125)
