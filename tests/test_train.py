@@ -389,6 +389,29 @@ def test_ema_half_life_grows_with_images_seen():
   assert optim.make_ema_rate(ml_collections.ConfigDict(dict(ema_rate=0.99))) == 0.99
 
 
+def test_learning_rate_warms_up_then_holds_or_cools_down_to_zero():
+  opt = ml_collections.ConfigDict(dict(learning_rate=1e-3, warmup_steps=10))
+  constant = optim.learning_rate_schedule(opt)  # no decay_steps (an older config): constant
+  assert [float(constant(s)) for s in (0, 5, 10, 10**6)] == pytest.approx([0, 5e-4, 1e-3, 1e-3])
+  opt.decay_steps = 20
+  cool = optim.learning_rate_schedule(opt)
+  # Warm-up unchanged, then a straight line from the peak at step 10 to 0 at step 30, and 0 after.
+  assert [float(cool(s)) for s in (5, 10, 15, 20, 29, 30, 500)] == pytest.approx(
+      [5e-4, 1e-3, 7.5e-4, 5e-4, 5e-5, 0.0, 0.0], abs=1e-9)
+  opt.warmup_steps = 0
+  assert float(optim.learning_rate_schedule(opt)(0)) == pytest.approx(1e-3)  # starts at the peak
+  # The optimiser runs on the schedule: after the cool-down an update moves nothing.
+  cfg = load_config("tiny").optimizer
+  cfg.update(warmup_steps=0, decay_steps=1, weight_decay=0.0)
+  tx, _ = optim.make_optimizer(cfg)
+  params = {"w": jnp.ones((3,))}
+  state = tx.init(params)
+  grads = {"w": jnp.ones((3,))}
+  first, state = tx.update(grads, state, params)
+  second, _ = tx.update(grads, state, params)
+  assert np.abs(first["w"]).min() > 0 and np.abs(second["w"]).max() == 0
+
+
 def test_ema_update_uses_the_scheduled_rate():
   opt = ml_collections.ConfigDict(dict(ema_rate=0.5, ema_halflife_images=64.0,
                                        ema_rampup_ratio=0.0))

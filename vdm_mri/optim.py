@@ -1,6 +1,6 @@
-"""The optimiser and the EMA of a training run: AdamW with global-norm clipping and linear
-warm-up (biases, norm scales and the noise schedule not decayed), and the EMA decay per step,
-fixed or with a half-life that grows with the images seen."""
+"""The optimiser and the EMA of a training run: AdamW with global-norm clipping, linear warm-up
+and an optional linear cool-down (biases, norm scales and the noise schedule not decayed), and
+the EMA decay per step, fixed or with a half-life that grows with the images seen."""
 
 from __future__ import annotations
 
@@ -16,10 +16,23 @@ def decay_mask(params):
   return jax.tree.map_with_path(decays, params)
 
 
+def learning_rate_schedule(opt) -> optax.Schedule:
+  """Linear warm-up from 0 to `opt.learning_rate` over `opt.warmup_steps`, then constant, or
+  with `opt.decay_steps` > 0 a linear cool-down to 0 over that many steps (then 0). Counted in
+  optimiser updates: a warm start (a fresh optimiser) runs warm-up and cool-down again, so a
+  cool-down branch of a long constant-rate run is a warm start from its state."""
+  peak = opt.learning_rate
+  warmup = int(opt.warmup_steps)
+  decay = int(opt.get("decay_steps", 0))
+  after = optax.linear_schedule(peak, 0.0, decay) if decay > 0 else optax.constant_schedule(peak)
+  if warmup <= 0:
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
 def make_optimizer(opt) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """Global-norm clipping + AdamW with linear warm-up; `opt` = config.optimizer."""
-  lr_fn = (optax.linear_schedule(0.0, opt.learning_rate, opt.warmup_steps) if opt.warmup_steps
-           else optax.constant_schedule(opt.learning_rate))
+  """Global-norm clipping + AdamW with `learning_rate_schedule`; `opt` = config.optimizer."""
+  lr_fn = learning_rate_schedule(opt)
   tx = optax.chain(
       optax.clip_by_global_norm(opt.grad_clip) if opt.grad_clip > 0 else optax.identity(),
       optax.adamw(lr_fn, b1=opt.b1, b2=opt.b2, eps=opt.eps, weight_decay=opt.weight_decay,
