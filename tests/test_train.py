@@ -412,6 +412,20 @@ def test_learning_rate_warms_up_then_holds_or_cools_down_to_zero():
   assert np.abs(first["w"]).min() > 0 and np.abs(second["w"]).max() == 0
 
 
+def test_cooldown_branch_config_continues_the_long_run_and_ends_at_rate_zero():
+  long_run, branch = load_config("brain128_cpu_sigmoid"), load_config("brain128_cpu_cooldown")
+  # The same network, data and loss as the run it branches from (its state dir warm-starts it).
+  for field in ("model", "schedule", "data", "loss", "training"):
+    assert branch[field].to_dict() == long_run[field].to_dict(), field
+  lr = optim.learning_rate_schedule(branch.optimizer)
+  peak = long_run.optimizer.learning_rate
+  assert float(lr(50)) == pytest.approx(peak) and float(lr(400)) == 0.0
+  assert float(lr(225)) == pytest.approx(peak / 2)
+  # Its EMA forgets the constant-rate weights within the branch: half-life 50 steps of 400.
+  rate = optim.make_ema_rate(branch.optimizer)(jnp.int32(17441), branch.training.batch_size)
+  assert float(rate) ** 400 < 1e-2
+
+
 def test_ema_update_uses_the_scheduled_rate():
   opt = ml_collections.ConfigDict(dict(ema_rate=0.5, ema_halflife_images=64.0,
                                        ema_rampup_ratio=0.0))
