@@ -40,7 +40,7 @@ def image_stats(images: np.ndarray, weights: np.ndarray | None = None) -> dict:
   per_image = {
       "head_fraction": head.mean(axis=(1, 2)),
       "head_intensity": np.array([im[h].mean() if h.any() else 0.0 for im, h in zip(images, head)]),
-      "lr_symmetry": np.array([_pearson(im, im[:, ::-1]) for im in images]),
+      "lr_symmetry": (_unit_rows(images) * _unit_rows(images[:, :, ::-1])).sum(axis=1),
   }
   out = {}
   for name, values in per_image.items():
@@ -52,12 +52,6 @@ def _summary(name: str, values: np.ndarray, weights: np.ndarray | None) -> dict:
   mean = np.average(values, weights=weights)
   sd = np.sqrt(np.average((values - mean) ** 2, weights=weights))
   return {name: float(mean), f"{name}_sd": float(sd)}
-
-
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-  a, b = a.ravel() - a.mean(), b.ravel() - b.mean()
-  den = np.sqrt((a * a).sum() * (b * b).sum())
-  return float((a * b).sum() / den) if den > 0 else 0.0
 
 
 def _unit_rows(images: np.ndarray) -> np.ndarray:
