@@ -140,6 +140,18 @@ def test_nested_means_are_means_of_the_first_k_samples():
     curves.nested_means(samples, [5])
 
 
+def test_csv_keeps_every_column_when_rows_differ(tmp_path):
+  import _common
+  # a params dir first (no training speed), then a work dir: recipe_eval.py writes such rows
+  rows = [{"run": "shipped", "sr/score": 1.9},
+          {"run": "cool", "step": 22136, "sr/score": 2.0, "images_per_s": 1.3}]
+  _common.write_csv(tmp_path / "r.csv", rows)
+  with open(tmp_path / "r.csv") as f:
+    read = list(csv.DictReader(f))
+  assert list(read[0]) == ["run", "sr/score", "step", "images_per_s"]
+  assert read[0]["step"] == "" and read[1]["step"] == "22136" and read[1]["images_per_s"] == "1.3"
+
+
 def test_calibration_counts_errors_within_two_std_per_region():
   import curves
   rng = np.random.default_rng(1)
