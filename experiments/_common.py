@@ -187,9 +187,8 @@ def write_csv(path: pathlib.Path, rows: list[dict]):
   import io
   buf = io.StringIO()
   # every key of every row, in order of first appearance: rows may differ (a params dir has no
-  # training speed, a work dir has); a missing value is an empty cell
-  fields = list(dict.fromkeys(k for row in rows for k in row))
-  writer = csv.DictWriter(buf, fieldnames=fields, restval="")
+  # training speed, a work dir has); a missing value is an empty cell (DictWriter's restval)
+  writer = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
   writer.writeheader()
   writer.writerows(rows)
   _atomic_write(path, buf.getvalue())

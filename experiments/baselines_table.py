@@ -14,8 +14,6 @@ CPU, about half a minute per set. Expected means on brain_t1w (PSNR dB / SSIM):
 """
 
 import argparse
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
@@ -79,15 +77,10 @@ def main():
             f"{r['ssim']:7.4f} {r['nmse']:8.5f}")
 
   args.outdir.mkdir(parents=True, exist_ok=True)
-  with open(args.outdir / "baselines_table.csv", "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=list(table_rows[0]))
-    writer.writeheader()
-    writer.writerows(table_rows)
-  with open(args.outdir / "baselines_table.json", "w") as f:
-    shown = {_common.set_name(p): _common.display_path(p) for p in paths}
-    json.dump({"data": shown, "sigma_y": 0.0,
-               "rows": table_rows}, f, indent=1)
-  print(f"wrote {args.outdir}/baselines_table.csv and .json")
+  _common.write_csv(args.outdir / "baselines_table.csv", table_rows)
+  shown = {_common.set_name(p): _common.display_path(p) for p in paths}
+  _common.write_json(args.outdir / "baselines_table.json",
+                     {"data": shown, "sigma_y": 0.0, "rows": table_rows})
 
 
 if __name__ == "__main__":

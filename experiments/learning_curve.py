@@ -69,9 +69,7 @@ def main(argv=None):
   if not rows:
     print(f"error: {workdir / 'metrics.jsonl'} has no SR validation yet", file=sys.stderr)
     sys.exit(2)
-  columns = list(dict.fromkeys(k for r in rows for k in r))
-  _common.write_csv(outdir / "learning_curve.csv",
-                    [{c: r.get(c, "") for c in columns} for r in rows])
+  _common.write_csv(outdir / "learning_curve.csv", rows)
   print(f"wrote {figures.save_png(figure(rows), outdir / 'learning_curve.png')}")
   _common.write_text(outdir / "metrics.jsonl", (workdir / "metrics.jsonl").read_text())
   for r in rows:
