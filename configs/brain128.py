@@ -57,6 +57,7 @@ def get_config():
   config.optimizer.learning_rate = 2e-4  # AdamW peak learning rate
   config.optimizer.warmup_steps = 1000  # linear warm-up from 0 to the peak
   config.optimizer.decay_steps = 0  # > 0: linear cool-down to 0 after warm-up (0: constant)
+  config.optimizer.hold_steps = 0  # with decay_steps > 0: steps at the peak before the cool-down
   config.optimizer.b1 = 0.9  # Adam β1
   config.optimizer.b2 = 0.99  # Adam β2
   config.optimizer.eps = 1e-8  # Adam ε

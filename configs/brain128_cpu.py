@@ -28,6 +28,7 @@ def get_config():
   config.model.ch = 16  # channels at full resolution (128 px)
   config.model.ch_mult = (1, 2, 4, 8)  # 16, 32, 64, 128 channels at 128, 64, 32, 16 px
   config.model.num_res_blocks = 1  # ResNet blocks per level (one more on the way up)
+  config.model.extra_blocks = ()  # per level: identity-initialised blocks after each block
   config.model.attn_resolutions = (16,)  # self-attention at 16x16 only (256 positions)
   config.model.num_heads = 1  # attention heads
   config.model.dropout = 0.0  # the prior underfits on a CPU budget

@@ -116,6 +116,44 @@ def test_warm_start_into_coordinate_channels_computes_the_same_function(tmp_path
                              rtol=1e-5, atol=1e-6)
 
 
+def test_warm_start_into_extra_blocks_computes_the_same_function_and_trains_them(tmp_path):
+  plain_cfg, deep_cfg = _small_config(coords=False), _small_config(coords=False)
+  deep_cfg.model.extra_blocks = (0, 1, 2)  # none at 32 px, one at 16 px, two at 8 px
+  plain, deep = model_lib.from_config(plain_cfg), model_lib.from_config(deep_cfg)
+  params = jax.tree.map(lambda a: a + 0.01, jax.device_get(plain.init(jax.random.key(0))))
+  pretrained.export(tmp_path / "p", params, plain_cfg, step=5)
+  fresh = jax.device_get(deep.init(jax.random.key(7)))
+  with pytest.raises(pretrained.PretrainedError, match="do not match"):
+    pretrained.load_params(tmp_path / "p", deep)  # not a warm start: the blocks are missing
+  grown = pretrained.load_params(tmp_path / "p", deep, grow_from=fresh)
+  new = sorted(set(grown["score"]) - set(params["score"]))
+  # After each of the level's blocks (one down, two up): 0·3 + 1·3 + 2·3 extra blocks.
+  assert len(new) == 9 and all(unet.EXTRA_TAG in name for name in new)
+  for name in params["score"]:  # every trained weight is the file's
+    jax.tree.map(np.testing.assert_array_equal, grown["score"][name], params["score"][name])
+  z = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))
+  g = jnp.full((2,), 0.3)
+  np.testing.assert_allclose(deep.eps_fn(grown)(z, g), plain.eps_fn(params)(z, g),
+                             rtol=1e-5, atol=1e-6)
+  # The identity blocks learn: the loss has a gradient on their zero-initialised convolution.
+  grads = jax.grad(lambda p: jnp.sum(deep.eps_fn(p)(z, g) ** 2))(grown)
+  assert float(jnp.abs(grads["score"]["up_2_0_extra1"]["Conv_1"]["kernel"]).max()) > 0
+  # Only extra blocks are grown: a network with more blocks per level is still refused.
+  wider_cfg = _small_config(coords=False)
+  wider_cfg.model.num_res_blocks = 2
+  wider = model_lib.from_config(wider_cfg)
+  with pytest.raises(pretrained.PretrainedError, match="do not match"):
+    pretrained.load_params(tmp_path / "p", wider, grow_from=jax.device_get(
+        wider.init(jax.random.key(7))))
+
+
+def test_extra_blocks_need_one_count_per_level():
+  config = _small_config(coords=False)
+  config.model.extra_blocks = (1, 1)  # three levels
+  with pytest.raises(ValueError, match="one count per level"):
+    model_lib.from_config(config).init(jax.random.key(0))
+
+
 # --------------------------------------------------------------------------------------------
 # The sigmoid weighting.
 # --------------------------------------------------------------------------------------------

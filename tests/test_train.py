@@ -398,7 +398,15 @@ def test_learning_rate_warms_up_then_holds_or_cools_down_to_zero():
   # Warm-up unchanged, then a straight line from the peak at step 10 to 0 at step 30, and 0 after.
   assert [float(cool(s)) for s in (5, 10, 15, 20, 29, 30, 500)] == pytest.approx(
       [5e-4, 1e-3, 7.5e-4, 5e-4, 5e-5, 0.0, 0.0], abs=1e-9)
+  opt.hold_steps = 5
+  hold = optim.learning_rate_schedule(opt)
+  # Warm-up, 5 steps at the peak (10 … 15), then the same line shifted by 5 steps.
+  assert [float(hold(s)) for s in (5, 10, 15, 20, 25, 34, 35, 500)] == pytest.approx(
+      [5e-4, 1e-3, 1e-3, 7.5e-4, 5e-4, 5e-5, 0.0, 0.0], abs=1e-9)
   opt.warmup_steps = 0
+  assert [float(optim.learning_rate_schedule(opt)(s)) for s in (0, 5, 15)] == pytest.approx(
+      [1e-3, 1e-3, 5e-4])  # starts at the peak
+  opt.hold_steps = 0
   assert float(optim.learning_rate_schedule(opt)(0)) == pytest.approx(1e-3)  # starts at the peak
   # The optimiser runs on the schedule: after the cool-down an update moves nothing.
   cfg = load_config("tiny").optimizer

@@ -18,16 +18,26 @@ def decay_mask(params):
 
 def learning_rate_schedule(opt) -> optax.Schedule:
   """Linear warm-up from 0 to `opt.learning_rate` over `opt.warmup_steps`, then constant, or
-  with `opt.decay_steps` > 0 a linear cool-down to 0 over that many steps (then 0). Counted in
-  optimiser updates: a warm start (a fresh optimiser) runs warm-up and cool-down again, so a
-  cool-down branch of a long constant-rate run is a warm start from its state."""
+  with `opt.decay_steps` > 0 constant for `opt.hold_steps` (default 0) and then a linear
+  cool-down to 0 over `decay_steps` (then 0). Counted in optimiser updates: a warm start (a
+  fresh optimiser) runs warm-up and cool-down again, so a cool-down branch of a long
+  constant-rate run is a warm start from its state."""
   peak = opt.learning_rate
   warmup = int(opt.warmup_steps)
   decay = int(opt.get("decay_steps", 0))
-  after = optax.linear_schedule(peak, 0.0, decay) if decay > 0 else optax.constant_schedule(peak)
-  if warmup <= 0:
-    return after
-  return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+  hold = int(opt.get("hold_steps", 0)) if decay > 0 else 0
+  if hold < 0:
+    raise ValueError(f"optimizer.hold_steps = {hold}: must be >= 0")
+  pieces, bounds = [], []
+  if warmup > 0:
+    pieces.append(optax.linear_schedule(0.0, peak, warmup))
+    bounds.append(warmup)
+  if hold > 0:
+    pieces.append(optax.constant_schedule(peak))
+    bounds.append((bounds[-1] if bounds else 0) + hold)
+  pieces.append(optax.linear_schedule(peak, 0.0, decay) if decay > 0
+                else optax.constant_schedule(peak))
+  return optax.join_schedules(pieces, bounds) if bounds else pieces[0]
 
 
 def make_optimizer(opt) -> tuple[optax.GradientTransformation, optax.Schedule]:

@@ -104,6 +104,10 @@ class AttnBlock(nn.Module):
     return x + h.reshape(b, hgt, wid, c)
 
 
+EXTRA_TAG = "_extra"
+"""Module names of `UNet.extra_blocks` are a block's name + EXTRA_TAG + index."""
+
+
 def _block(remat: bool):
   """ResnetBlock, optionally rematerialised (recomputed in the backward pass to save memory)."""
   return nn.remat(ResnetBlock, static_argnums=(3,)) if remat else ResnetBlock
@@ -202,6 +206,10 @@ class UNet(nn.Module):
   ch: int = 64
   ch_mult: Sequence[int] = (1, 2, 2, 4)
   num_res_blocks: int = 2
+  # per level: identity-initialised ResNet blocks after each of its blocks (down and up), the
+  # same channels, no attention; () = none. A grown network (`grow`) computes exactly what the
+  # network without them computed, so it can be warm-started from its weights
+  extra_blocks: Sequence[int] = ()
   attn_resolutions: Sequence[int] = (16,)  # attention where min(H, W) of the level is listed
   num_heads: int = 1
   dropout: float = 0.1
@@ -215,6 +223,9 @@ class UNet(nn.Module):
 
   @nn.compact
   def __call__(self, z, g, deterministic: bool = True, coords=None):
+    if len(self.extra_blocks) not in (0, len(self.ch_mult)):
+      raise ValueError(f"extra_blocks {tuple(self.extra_blocks)}: one count per level of "
+                       f"ch_mult {tuple(self.ch_mult)} (or none)")
     cond = ConditioningMLP(self.ch, self.dtype)(g, z.shape[0])
     Block = _block(self.remat)
 
@@ -224,6 +235,9 @@ class UNet(nn.Module):
       res = self.base_resolution // 2**lvl if self.base_resolution else min(h.shape[1:3])
       if res in self.attn_resolutions:
         h = AttnBlock(self.num_heads, self.dtype, name=f"{name}_attn")(h)
+      for j in range(self.extra_blocks[lvl] if self.extra_blocks else 0):
+        h = Block(out_ch=out_ch, dropout=self.dropout, dtype=self.dtype,
+                  name=f"{name}{EXTRA_TAG}{j}")(h, cond, deterministic)
       return h
 
     stem = _stem(z, self.with_fourier_features, self.dtype,

@@ -198,23 +198,27 @@ def save_best(directory, params, config, *, step: int, metrics: dict) -> pathlib
                            images_seen=step * config.training.batch_size, metrics=metrics)
 
 
-def load_warm_start(params_dir, model):
+def load_warm_start(params_dir, model, fresh_params=None):
   """(EMA parameters, raw parameters, step) of a params dir to start a run from: a state dir
   gives its raw parameters, any other params dir its EMA for both. A network with coordinate
-  channels takes one without them (zero weights on the new inputs)."""
+  channels takes one without them (zero weights on the new inputs); one with extra blocks
+  (`UNet.extra_blocks`) takes one without them, the blocks from `fresh_params` (its fresh
+  initialisation, under which they are the identity)."""
+  kw = dict(add_input_channels=True, grow_from=fresh_params)
   with _as_checkpoint_error():
-    ema = pretrained.load_params(params_dir, model, add_input_channels=True)
+    ema = pretrained.load_params(params_dir, model, **kw)
     params = ema
     if pretrained.is_state_dir(params_dir):
-      params = pretrained.load_params(params_dir, model, add_input_channels=True, raw=True)
+      params = pretrained.load_params(params_dir, model, raw=True, **kw)
     return ema, params, int(pretrained.read_manifest(params_dir).get("step", 0))
 
 
 def warm_start(state, params_dir, model, tx):
   """The train `state` with parameters and EMA from a params dir (the shipped prior, a work
-  dir's best/ or a state dir, `load_warm_start`), its step count, and a fresh optimiser state
-  (so the learning-rate warm-up runs again). Raises CheckpointError."""
-  ema, params, step = load_warm_start(params_dir, model)
+  dir's best/ or a state dir, `load_warm_start`; extra blocks the dir lacks keep `state`'s
+  fresh values), its step count, and a fresh optimiser state (so the learning-rate warm-up
+  runs again). Raises CheckpointError."""
+  ema, params, step = load_warm_start(params_dir, model, jax.device_get(state.params))
   ema, params = jax.tree.map(jnp.asarray, ema), jax.tree.map(jnp.asarray, params)
   return state.replace(step=jnp.asarray(step, jnp.int32), params=params, ema_params=ema,
                        opt_state=tx.init(params))

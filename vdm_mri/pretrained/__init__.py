@@ -22,13 +22,14 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
+import re
 
 import flax
 import jax
 import ml_collections
 import numpy as np
 
-from vdm_mri import atomic
+from vdm_mri import atomic, unet
 
 FORMAT = "vdm_mri.params/1"
 PARAMS_FILE, CONFIG_FILE, MANIFEST_FILE = "ema_params.msgpack", "config.json", "manifest.json"
@@ -147,18 +148,35 @@ def _add_input_channels(params, expected: dict):
   return {**params, "score": {**score, "Conv_0": conv}}
 
 
+_EXTRA_MODULE = re.compile(re.escape(unet.EXTRA_TAG) + r"\d+$")
+
+
+def _add_extra_blocks(params, fill):
+  """`params` with the modules they lack taken from the parameter tree `fill` (a fresh
+  initialisation of the model), where every such module is one of `UNet.extra_blocks`: their
+  last convolution starts at zero, so the grown network computes exactly what `params`
+  computed (a warm start that adds capacity). Other missing parameters are left missing, for
+  the shape check to name."""
+  flat = flax.traverse_util.flatten_dict(params, keep_empty_nodes=True)  # a fixed γ has {}
+  for path, value in flax.traverse_util.flatten_dict(fill).items():
+    if path not in flat and any(_EXTRA_MODULE.search(str(k)) for k in path):
+      flat[path] = np.asarray(value)
+  return flax.traverse_util.unflatten_dict(flat)
+
+
 def is_state_dir(path) -> bool:
   """A params dir that also holds raw parameters (module doc)."""
   return is_params_dir(path) and RAW_PARAMS_FILE in read_manifest(path).get("files", {})
 
 
 def load_params(directory, model=None, *, add_input_channels: bool = False,
-                raw: bool = False):
+                raw: bool = False, grow_from=None):
   """The verified EMA parameters of a params dir (`raw`: the raw parameters of a state dir),
   as numpy arrays; with a `model.VDM`, checked to have exactly its parameter tree and shapes.
   `add_input_channels`: a model whose network has more input channels (coordinate channels
   for patch training) takes the file's weights with zero weights for the new inputs (a warm
-  start)."""
+  start). `grow_from`: a fresh parameter tree of `model` that supplies the extra blocks
+  (`UNet.extra_blocks`) the file has none of (a warm start of a deeper network)."""
   directory = pathlib.Path(directory)
   verify(directory)
   name = RAW_PARAMS_FILE if raw else PARAMS_FILE
@@ -172,6 +190,8 @@ def load_params(directory, model=None, *, add_input_channels: bool = False,
     expected = param_shapes(model.abstract_params())
     if add_input_channels:
       params = _add_input_channels(params, expected)
+    if grow_from is not None:
+      params = _add_extra_blocks(params, grow_from)
     found = param_shapes(params)
     for path in sorted(set(expected) | set(found)):
       if expected.get(path) != found.get(path):
