@@ -33,9 +33,31 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> list[float]:
   return [round(k * step, 10) for k in range(first, last + 1)]
 
 
+def spread_labels(centres: Sequence[float], widths: Sequence[float], gap: float = 4.0):
+  """Indices of the labels to draw, left to right, centred at `centres` (increasing) with
+  `widths`: each one that clears the last one drawn by `gap` px, so crowded ticks keep a
+  readable subset rather than overprinting."""
+  keep, right = [], -math.inf
+  for i, (c, w) in enumerate(zip(centres, widths)):
+    if c - w / 2 >= right + gap:
+      keep.append(i)
+      right = c + w / 2
+  return keep
+
+
+def _spaced(text: str) -> str:
+  """Pillow's built-in font draws a space 2 px wide at its default size, which runs words
+  together ("imagesseen"): every space is drawn as two."""
+  return text.replace(" ", "  ")
+
+
 def _text_size(draw, text):
-  left, top, right, bottom = draw.textbbox((0, 0), text)
+  left, top, right, bottom = draw.textbbox((0, 0), _spaced(text))
   return right - left, bottom - top
+
+
+def _text(draw, xy, text):
+  draw.text(xy, _spaced(text), fill="black")
 
 
 def _dashed_hline(draw, x0, x1, y, colour, dash=6, gap=4):
@@ -73,18 +95,19 @@ def line_plot(lines: Sequence[Line], *, title: str, xlabel: str, ylabel: str,
     draw.line([(box[0] + 1, y), (box[2] - 1, y)], fill=(232, 232, 232))
     label = f"{t:g}"
     w, h = _text_size(draw, label)
-    draw.text((box[0] - 7 - w, y - h / 2 - 1), label, fill="black")
-  for v in xs:
-    x, _ = px(v, yticks[0])
+    _text(draw, (box[0] - 7 - w, y - h / 2 - 1), label)
+  centres = [px(v, yticks[0])[0] for v in xs]
+  widths = [_text_size(draw, f"{v:g}")[0] for v in xs]
+  for x in centres:  # a tick at every x
     draw.line([(x, box[3]), (x, box[3] + 4)], fill="black")
-    w, _ = _text_size(draw, f"{v:g}")
-    draw.text((x - w / 2, box[3] + 6), f"{v:g}", fill="black")
+  for i in spread_labels(centres, widths):
+    _text(draw, (centres[i] - widths[i] / 2, box[3] + 6), f"{xs[i]:g}")
   w, _ = _text_size(draw, xlabel)
-  draw.text(((box[0] + box[2] - w) / 2, box[3] + 20), xlabel, fill="black")
+  _text(draw, ((box[0] + box[2] - w) / 2, box[3] + 20), xlabel)
   w, _ = _text_size(draw, title)
-  draw.text(((width - w) / 2, 6), title, fill="black")
+  _text(draw, ((width - w) / 2, 6), title)
   label = Image.new("RGB", (_text_size(draw, ylabel)[0] + 4, 14), "white")
-  ImageDraw.Draw(label).text((2, 0), ylabel, fill="black")
+  _text(ImageDraw.Draw(label), (2, 0), ylabel)
   label = label.rotate(90, expand=True)
   image.paste(label, (4, max(0, int((box[1] + box[3] - label.height) / 2))))
   draw.rectangle(box, outline="black")  # over the grid lines at the outer ticks
@@ -100,7 +123,7 @@ def line_plot(lines: Sequence[Line], *, title: str, xlabel: str, ylabel: str,
       draw.ellipse([x - 3, y - 3, x + 3, y + 3], fill=colour)
     top = axes_h + i * _ROW
     draw.line([(box[0], top + 6), (box[0] + 22, top + 6)], fill=colour, width=2)
-    draw.text((box[0] + 28, top), line.label, fill="black")
+    _text(draw, (box[0] + 28, top), line.label)
   return image
 
 

@@ -179,6 +179,17 @@ def test_line_plot_ticks_cover_the_data_and_lines_are_drawn():
   assert set(_plot.COLOURS[:2]) <= colours
 
 
+def test_crowded_x_labels_keep_a_subset_that_does_not_overlap():
+  import _plot
+  centres, widths = [10.0 * k for k in range(30)], [36.0] * 30  # labels 36 px wide, 10 px apart
+  keep = _plot.spread_labels(centres, widths)
+  assert keep[0] == 0 and 1 < len(keep) < 30
+  for a, b in zip(keep, keep[1:]):
+    assert centres[b] - widths[b] / 2 >= centres[a] + widths[a] / 2 + 4  # no overprinting
+    assert b - a == 4  # and no label left out that would have fitted
+  assert _plot.spread_labels([0.0, 100.0, 200.0], [30.0] * 3) == [0, 1, 2]  # room: all drawn
+
+
 def test_curves_have_every_point_per_set_and_a_nested_k_curve(checkpoint, two_sets, tmp_path):
   import _common
   from vdm_mri import sampling
