@@ -70,3 +70,36 @@ def test_a_signal_runs_the_final_action_at_the_current_step_then_stops():
     _run(events, 10, {"save": loop.Periodic(100, None, True, True)}, signals=[signal.SIGTERM])
   assert (stop.value.signum, stop.value.step) == (signal.SIGTERM, 1)
   assert events == [("save", 1)]
+
+
+class _Pending:
+  """A metric that is computed once waited for (as a device array's block_until_ready)."""
+
+  def __init__(self, events, step):
+    self.events, self.step = events, step
+
+  def block_until_ready(self):
+    if ("ready", self.step) not in self.events:
+      self.events.append(("ready", self.step))
+    return self
+
+
+def test_the_host_waits_for_each_step_before_dispatching_two_ahead():
+  """Asynchronous dispatch may queue steps; a loop that never waits between flushes acts on a
+  signal only after every queued step has run (minutes on a CPU). Step k + 2 is dispatched only
+  after step k finished, so a stop takes effect within two steps."""
+  events = []
+
+  def step_fn(state, batch, step):
+    events.append(("dispatch", step + 1))
+    return _State(state.step + 1), {"pending": _Pending(events, step + 1)}
+
+  class _Log:
+    every = 100
+
+    def add(self, metrics):
+      pass
+
+  loop.run(_State(0), step_fn, iter(range(100)), _Log(), [], [], num_steps=8)
+  for k in range(1, 7):
+    assert events.index(("ready", k)) < events.index(("dispatch", k + 2))

@@ -151,12 +151,20 @@ def run(state, step_fn, batches, log: TrainLog, actions: list[Periodic], signals
         num_steps: int):
   """Steps until `num_steps`: each step's metrics go to `log` (flushed every `log.every` steps
   and before a checked action), then the actions due run; a signal stops the run after the
-  final actions (the checkpoint) with TrainingInterrupted."""
+  final actions (the checkpoint) with TrainingInterrupted.
+
+  Steps are dispatched asynchronously, but the loop waits for each step's predecessor before it
+  goes on: the host stays at most one step ahead of the device, so a signal is acted on after
+  one or two steps rather than after every step queued since the last flush (minutes on a CPU;
+  a preempted machine's grace period may be shorter)."""
   step = int(state.step)
+  previous = None
   while step < num_steps:
     state, metrics = step_fn(state, next(batches), step)
     step += 1
     log.add(metrics)
+    jax.block_until_ready(previous)  # the step before this one has finished
+    previous = metrics
     stopping = stop_requested(signals, check_all=step % log.every == 0)
     due = [a for a in actions if a.due(step, last=stopping or step == num_steps)]
     flush = step % log.every == 0 or any(a.checked for a in due)
