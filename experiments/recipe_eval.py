@@ -9,12 +9,18 @@ scored on the same validation slices (`--per_subject` fixed slices per subject o
 `validation.pick_slices`): (a) `validation.DenoisingBands` (8 bands over [γ_min, γ_max], one
 fixed noise draw per slice and band), (b) `validation.SRValidation` (64→128 and 32→128, `--steps`
 reverse steps, K = `--num_samples`, noise-free; the mean PSNR gain over zero-filling is the
-score), (c) images seen and the median training images/s from the run's metrics.jsonl. Writes
-recipes.json and recipes.csv (one row per run; the band columns per set).
+score; skipped with --no-sr), (c) images seen and the median training images/s from the run's
+metrics.jsonl. Writes recipes.json and recipes.csv (one row per run; the band columns per set).
+The generalisation gap of a prior: the bands of training slices beside validation slices,
+
+    python experiments/recipe_eval.py --no-sr --outdir=runs/gap --per_subject=4 \
+        --data=../shared/data/brain_t1w_skull_train.npz,../shared/data/brain_t1w_skull_val.npz \
+        --runs=best=experiments/results/training/best
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import sys
@@ -50,6 +56,9 @@ def main(argv=None):
                  help="comma-separated NAME=DIR (training work dirs or params dirs)")
   p.add_argument("--per_subject", type=int, default=2)
   p.add_argument("--num_samples", type=int, default=4)
+  p.add_argument("--sr", action=argparse.BooleanOptionalAction, default=True,
+                 help="score guided SR (--no-sr: the denoising bands only, e.g. of training "
+                 "slices against validation slices for the generalisation gap)")
   args = p.parse_args(argv)
   with _common.exit_on_bad_input():
     runs = []
@@ -73,17 +82,19 @@ def main(argv=None):
                                       gamma_min=model.gamma_min, gamma_max=model.gamma_max,
                                       bits=model.bits, key=jax.random.key(args.seed + 1))
     values = bands(model, params)
-    options = api.SamplingOptions(steps=_common.num_steps(args), num_samples=args.num_samples,
-                                  batch_size=8)  # the paper's sampler
-    sr = validation.SRValidation(picked, options=options, key=jax.random.key(args.seed))
-    values.update(sr(model, params))
+    if args.sr:
+      options = api.SamplingOptions(steps=_common.num_steps(args), num_samples=args.num_samples,
+                                    batch_size=8)  # the paper's sampler
+      sr = validation.SRValidation(picked, options=options, key=jax.random.key(args.seed))
+      values.update(sr(model, params))
     row = {"run": name, "dir": _common.display_path(path), **training_stats(path), **values,
            "seconds": time.perf_counter() - start}
-    print(f"{name}: SR score {row['sr/score']:+.3f} dB, "
+    print(f"{name}: " + (f"SR score {row['sr/score']:+.3f} dB, " if args.sr else "")
           + ", ".join(f"{n} diffusion {row[f'den/{n}/diffusion_bpd']:.3f} bpd" for n in picked))
     rows.append(row)
-  meta = {"protocol": {"per_subject": args.per_subject, "steps": _common.num_steps(args),
-                       "num_samples": args.num_samples, "seed": args.seed,
+  meta = {"protocol": {"per_subject": args.per_subject, "sr": args.sr,
+                       "steps": _common.num_steps(args) if args.sr else None,
+                       "num_samples": args.num_samples if args.sr else None, "seed": args.seed,
                        "bands": bands.band_gammas(),
                        "sets": {n: v[0] for n, v in sets.items()}},
           "runs": rows}

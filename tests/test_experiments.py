@@ -418,6 +418,23 @@ def test_recipe_eval_scores_each_run_by_bands_and_sr(checkpoint, tmp_path):
     assert a[k] == b[k]  # one protocol: the same run scores the same
 
 
+def test_recipe_eval_without_sr_scores_the_bands_of_every_set(checkpoint, tmp_path):
+  import recipe_eval
+  # The same slices under two set names, as training and validation files give them.
+  other = tmp_path / "brain_t1w_sample_train.npz"
+  shutil.copy(vdm_mri.SAMPLE_DATA, other)
+  argv = [f"--outdir={tmp_path}", f"--runs=b={checkpoint}", "--no-sr", "--per_subject=1",
+          f"--data={vdm_mri.SAMPLE_DATA},{other}"]
+  recipe_eval.main(argv)
+  result = json.loads((tmp_path / "recipes.json").read_text())
+  (row,) = result["runs"]
+  assert not any(k.startswith("sr/") for k in row) and result["protocol"]["sr"] is False
+  for k in range(8):  # one noise draw per set and band: the same slices score alike
+    a = row[f"den/brain_t1w_sample/band{k}/eps_mse"]
+    b = row[f"den/brain_t1w_sample_train/band{k}/eps_mse"]
+    assert np.isfinite(a) and a == pytest.approx(b, rel=0.5)
+
+
 def test_prior_samples_panel_and_brain_statistics(checkpoint, tmp_path):
   import prior_samples
   # The bundled sample as its own training data: every validation slice is a training slice.
