@@ -27,6 +27,12 @@ at 8 slices per subject (skull-on 32→128 +0.08 dB, the other cases level; lowe
 validation error in bands 4–6; experiments/results, "Skull-on weight at equal steps"); that
 branch is the long run's continuation. Its steps before 31002 mixed 0.65:0.35
 (--config.data.weights=0.65,0.35).
+
+No dropout (configs/brain128_cpu.py), measured again at step 34209: ~1,690 steps with dropout 0.1
+against the same steps without, each cooled down for 400 steps, scored +1.896 against +2.032 dB
+at 8 slices per subject, worse in all four cases and in every denoising band; it narrowed the
+skull-on gap only by fitting the training slices worse (experiments/results, "Dropout at equal
+steps").
 """
 
 import pathlib
