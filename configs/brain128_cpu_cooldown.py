@@ -3,8 +3,8 @@
     python -m vdm_mri.train --config=configs/brain128_cpu_cooldown.py --workdir=runs/cool \
         --init_from=STATE_DIR --config.training.num_steps=N+400 --state_dir=runs/cool_state
 
-configs/brain128_cpu_sigmoid.py (the long run's recipe) warm-started from a state dir of that
-run at step N (its raw and EMA parameters; a fresh optimiser): 50 steps of warm-up, then the
+configs/brain128_cpu_deep.py (the long run's recipe since step 37563) warm-started from a state
+dir of that run at step N (its raw and EMA parameters; a fresh optimiser): 50 steps of warm-up, then the
 learning rate falls linearly from 5e-4 to 0 over 350 steps, and the EMA's half-life is 400
 images (50 steps), so that at the end the EMA is the cooled-down weights rather than an average
 over the last ~14,000 images of the constant-rate run. The long run itself goes on at the
@@ -13,6 +13,9 @@ with the decay as a side branch). Measured by the recipe protocol (experiments/r
 experiments/results/recipes/cool_17841.json): from the state at step 17441, the branch's
 weights at step 17841 score +1.854 dB over zero-filling against +1.799 for the constant-rate
 run's EMA at step 18000, better in all four set × size cases.
+
+States before step 37563 (the shipped prior's among them) hold the network without the extra
+blocks: cut their branches with `--config.model.extra_blocks="()"`.
 """
 
 import pathlib
@@ -21,7 +24,7 @@ from vdm_mri.model import load_config_file
 
 
 def get_config():
-  config = load_config_file(pathlib.Path(__file__).with_name("brain128_cpu_sigmoid.py"))
+  config = load_config_file(pathlib.Path(__file__).with_name("brain128_cpu_deep.py"))
   config.optimizer.warmup_steps = 50  # fresh Adam moments: a short warm-up
   config.optimizer.decay_steps = 350  # then linearly to 0
   config.optimizer.ema_halflife_images = 400.0  # the EMA follows the cooled-down weights

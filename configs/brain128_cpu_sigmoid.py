@@ -1,7 +1,6 @@
-"""The CPU recipe with the sigmoid loss weighting: the long run's recipe, chosen by measurement.
+"""The CPU recipe with the sigmoid loss weighting: the long run's recipe to step 37563.
 
-    python -m vdm_mri.train --config=configs/brain128_cpu_sigmoid.py --workdir=runs/long \
-        --init_from=experiments/results/training/state --state_dir=experiments/results/training/state
+    python -m vdm_mri.train --config=configs/brain128_cpu_sigmoid.py --workdir=runs/sigmoid
 
 configs/brain128_cpu.py (the shipped prior's recipe: network, data mix, optimiser, EMA) with the
 diffusion term weighted by w(γ) = sigmoid(γ + 4) and γ importance-sampled from w (vdm.Weighting;
@@ -33,6 +32,10 @@ against the same steps without, each cooled down for 400 steps, scored +1.896 ag
 at 8 slices per subject, worse in all four cases and in every denoising band; it narrowed the
 skull-on gap only by fitting the training slices worse (experiments/results, "Dropout at equal
 steps").
+
+Since step 37563 the long run trains configs/brain128_cpu_deep.py: this recipe grown by one
+ResNet block after every block at 32x32 and 16x16 (experiments/results, "Capacity again, over
+104 minutes").
 """
 
 import pathlib

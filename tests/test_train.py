@@ -421,7 +421,7 @@ def test_learning_rate_warms_up_then_holds_or_cools_down_to_zero():
 
 
 def test_cooldown_branch_config_continues_the_long_run_and_ends_at_rate_zero():
-  long_run, branch = load_config("brain128_cpu_sigmoid"), load_config("brain128_cpu_cooldown")
+  long_run, branch = load_config("brain128_cpu_deep"), load_config("brain128_cpu_cooldown")
   # The same network, data and loss as the run it branches from (its state dir warm-starts it).
   for field in ("model", "schedule", "data", "loss", "training"):
     assert branch[field].to_dict() == long_run[field].to_dict(), field
