@@ -4,8 +4,8 @@
         --init_from=STATE_DIR --config.training.num_steps=N+400 --state_dir=runs/cool_state
 
 configs/brain128_cpu_deep.py (the long run's recipe since step 37563) warm-started from a state
-dir of that run at step N (its raw and EMA parameters; a fresh optimiser): 50 steps of warm-up, then the
-learning rate falls linearly from 5e-4 to 0 over 350 steps, and the EMA's half-life is 400
+dir of that run at step N (its raw and EMA parameters; a fresh optimiser): 50 steps of warm-up,
+then the learning rate falls linearly from 5e-4 to 0 over 350 steps, and the EMA's half-life is 400
 images (50 steps), so that at the end the EMA is the cooled-down weights rather than an average
 over the last ~14,000 images of the constant-rate run. The long run itself goes on at the
 constant rate; a branch can be cut from any of its states (a "warm-up, stable, decay" schedule

@@ -1,7 +1,8 @@
 """The long run's recipe since step 37563: more depth where this CPU is efficient (16x16, 32x32).
 
     python -m vdm_mri.train --config=configs/brain128_cpu_deep.py --workdir=runs/long \
-        --init_from=experiments/results/training/state --state_dir=experiments/results/training/state
+        --init_from=experiments/results/training/state \
+        --state_dir=experiments/results/training/state
 
 configs/brain128_cpu_sigmoid.py with one more ResNet block after every block at 32x32 and at
 16x16 (`model.extra_blocks`, 3 + 3 blocks; +1.1 M parameters, 3.8 M in all): a 3x3 convolution
