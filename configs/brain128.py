@@ -21,6 +21,13 @@ def get_config():
   # brain_t1w_skull (with skull), in that order.
   config.data.weights = ""
   config.data.flip = False  # random left-right flips of the training slices
+  # Non-leaking affine augmentation (EDM): this fraction of the training slices rotated (±
+  # degrees), scaled (2^±log2_scale) and shifted (± shift of the size), the network told how
+  # through model.aug_dim = 4 labels that sampling sets to zero; 0 = off
+  config.data.augment_prob = 0.0
+  config.data.augment_degrees = 10.0
+  config.data.augment_log2_scale = 0.15
+  config.data.augment_shift = 0.0625
   # Patch training (Patch Diffusion): random crops of these sizes per step (comma-separated,
   # e.g. "32,64,128" with "0.2,0.3,0.5"; "" = whole images); needs model.coord_channels
   config.data.patch_sizes = ""
@@ -41,6 +48,7 @@ def get_config():
   config.model.with_fourier_features = True  # sin/cos(2^6·2π z), (2^7·2π z) as extra inputs
   config.model.with_attention = False  # attention after every block (the middle always has one)
   config.model.coord_channels = False  # pixel coordinates as two extra inputs (patch training)
+  config.model.aug_dim = 0  # augmentation labels as conditioning (data.augment_prob); 0: none
   config.model.remat = True  # recompute ResNet blocks in the backward pass (fits 80 GB)
   config.model.dtype = "float32"  # compute dtype (parameters stay float32); or "bfloat16"
 

@@ -34,6 +34,7 @@ def get_config():
   config.model.dropout = 0.0  # the prior underfits on a CPU budget
   config.model.with_fourier_features = True  # sin/cos(2^6·2π z), (2^7·2π z) as extra inputs
   config.model.coord_channels = False  # no patch training in this recipe
+  config.model.aug_dim = 0  # no augmentation labels (data.augment_prob = 0)
   config.model.remat = False  # memory is not the limit on a CPU
   config.model.dtype = "float32"  # XLA:CPU runs bfloat16 slower than float32
   config.optimizer.learning_rate = 5e-4  # AdamW peak learning rate

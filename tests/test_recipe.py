@@ -1,5 +1,6 @@
-"""Training-recipe options: patches with coordinates, flips, the sigmoid weighting, the warm
-start into a network with coordinate channels, and the per-band denoising evaluator."""
+"""Training-recipe options: patches with coordinates, flips, non-leaking affine augmentation,
+the sigmoid weighting, the warm start into a network with coordinate channels, extra blocks or
+augmentation labels, and the per-band denoising evaluator."""
 
 import dataclasses
 
@@ -44,6 +45,46 @@ def test_random_flip_mirrors_some_images_and_keeps_the_rest():
   assert 4 < sum(flipped) < 28
 
 
+def test_affine_warp_rotates_scales_and_shifts_about_the_centre():
+  x = jnp.asarray(np.random.default_rng(2).random((7, 7, 2)), jnp.float32)
+  warp = lambda deg, s, dr, dc: np.asarray(augment.affine_warp(x, deg, s, dr, dc, -1.0))
+  np.testing.assert_allclose(warp(0.0, 0.0, 0.0, 0.0), x, atol=1e-6)
+  # +90 degrees is counter-clockwise as displayed (np.rot90 with row 0 at the top).
+  np.testing.assert_allclose(warp(90.0, 0.0, 0.0, 0.0), np.rot90(x, 1, axes=(0, 1)), atol=1e-5)
+  # An integer shift moves the pixels and fills the uncovered rows and columns.
+  shifted = warp(0.0, 0.0, 2.0, -1.0)
+  np.testing.assert_allclose(shifted[2:, :6], x[:5, 1:], atol=1e-6)
+  assert np.all(shifted[:2] == -1.0) and np.all(shifted[:, 6] == -1.0)
+  # Twice the size about the centre pixel (3, 3): the output at offset 2 shows offset 1.
+  zoom = warp(0.0, 1.0, 0.0, 0.0)
+  np.testing.assert_allclose(zoom[3, 3], x[3, 3], atol=1e-6)
+  np.testing.assert_allclose(zoom[3, 5], x[3, 4], atol=1e-6)
+  np.testing.assert_allclose(zoom[1, 3], x[2, 3], atol=1e-6)
+
+
+def test_random_affine_labels_are_zero_exactly_for_the_images_it_leaves_alone():
+  x = jnp.asarray(np.random.default_rng(3).random((32, 12, 12, 1)), jnp.float32)
+  aug = augment.Affine(prob=0.5, degrees=20.0, log2_scale=0.2, shift=0.1)
+  y, labels = augment.random_affine(jax.random.key(4), x, aug)
+  y, labels = np.asarray(y), np.asarray(labels)
+  assert labels.shape == (32, augment.AUG_LABELS) and np.all(np.abs(labels) <= 1.0)
+  touched = np.any(labels != 0.0, axis=1)
+  assert 4 < touched.sum() < 28
+  for i in range(32):
+    assert np.array_equal(y[i], x[i]) != touched[i]
+  # The labels say how: the warp with the labelled parameters is the output.
+  i = int(np.argmax(touched))
+  u = labels[i]
+  np.testing.assert_allclose(y[i], augment.affine_warp(
+      x[i], u[0] * 20.0, u[1] * 0.2, u[2] * 0.1 * 12, u[3] * 0.1 * 12, float(x[i].min())),
+      atol=1e-6)
+  same, none = augment.random_affine(jax.random.key(4), x, augment.Affine(prob=0.0))
+  np.testing.assert_array_equal(same, x)
+  assert not np.any(np.asarray(none))
+  with pytest.raises(ValueError, match="probability"):
+    augment.Affine(prob=1.5)
+
+
 def test_patch_schedule_is_a_deterministic_draw_with_the_given_probabilities():
   sched = augment.parse_patch_schedule("64,32,128", "0.3,0.2,0.5", seed=7)
   assert sched.sizes == (32, 64, 128) and sched.probs == (0.2, 0.3, 0.5)
@@ -71,6 +112,12 @@ def test_step_options_reject_patches_without_coordinate_channels():
   config.loss.weighting = "edm"
   with pytest.raises(ValueError, match="weighting"):
     train.step_options(config)
+  config.loss.weighting = "elbo"
+  config.data.augment_prob = 0.2
+  with pytest.raises(ValueError, match="aug_dim"):
+    train.step_options(config)
+  config.model.aug_dim = augment.AUG_LABELS
+  assert train.step_options(config)[0].affine == augment.Affine(0.2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -145,6 +192,39 @@ def test_warm_start_into_extra_blocks_computes_the_same_function_and_trains_them
   with pytest.raises(pretrained.PretrainedError, match="do not match"):
     pretrained.load_params(tmp_path / "p", wider, grow_from=jax.device_get(
         wider.init(jax.random.key(7))))
+
+
+def test_augmentation_labels_leave_the_unaugmented_network_unchanged(tmp_path):
+  plain_cfg, aug_cfg = _small_config(coords=False), _small_config(coords=False)
+  aug_cfg.model.aug_dim = augment.AUG_LABELS
+  plain, augmented = model_lib.from_config(plain_cfg), model_lib.from_config(aug_cfg)
+  # Noisy weights: the fresh network's zero-initialised layers would hide the conditioning.
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda a: a + 0.1 * rng.standard_normal(a.shape).astype(a.dtype),
+                        jax.device_get(plain.init(jax.random.key(0))))
+  pretrained.export(tmp_path / "p", params, plain_cfg, step=5)
+  fresh = jax.device_get(augmented.init(jax.random.key(7)))
+  grown = pretrained.load_params(tmp_path / "p", augmented, grow_from=fresh)
+  assert sorted(set(grown["score"]) - set(params["score"])) == [unet.AUG_MODULE]
+  z = jax.random.normal(jax.random.key(1), (2, 32, 32, 1))
+  g = jnp.full((2,), 0.3)
+  want = plain.eps_fn(params)(z, g)
+  np.testing.assert_allclose(augmented.eps_fn(grown)(z, g), want, rtol=1e-5, atol=1e-6)
+  labels = jnp.asarray([[0.0] * augment.AUG_LABELS, [0.5, -0.3, 0.2, 0.9]], jnp.float32)
+  # The embedding learns from labelled images...
+  grads = jax.grad(lambda p: jnp.sum(augmented.eps_fn(p, aug=labels)(z, g) ** 2))(grown)
+  assert float(jnp.abs(grads["score"][unet.AUG_MODULE]["kernel"]).max()) > 0
+  # ...and whatever it learnt, zero labels (sampling) give the unaugmented network's output,
+  # while non-zero labels change it.
+  trained = jax.tree.map(lambda a: a, grown)
+  trained["score"][unet.AUG_MODULE]["kernel"] = rng.standard_normal(
+      grown["score"][unet.AUG_MODULE]["kernel"].shape).astype(np.float32)
+  np.testing.assert_allclose(augmented.eps_fn(trained)(z, g), want, rtol=1e-5, atol=1e-6)
+  out = np.asarray(augmented.eps_fn(trained, aug=labels)(z, g))
+  np.testing.assert_allclose(out[0], want[0], rtol=1e-5, atol=1e-6)
+  assert float(np.abs(out[1] - want[1]).max()) > 1e-2
+  with pytest.raises(ValueError, match="without aug_dim"):
+    plain.eps_fn(params, aug=labels)(z, g)
 
 
 def test_extra_blocks_need_one_count_per_level():
@@ -231,19 +311,27 @@ def test_denoising_bands_score_an_oracle_perfect_and_a_zero_predictor_at_unit_er
   assert bands(_ConstantImageModel(oracle=False), None) == zero
 
 
-def test_train_step_with_patches_flips_and_weighting_updates_every_size():
+def test_train_step_with_patches_flips_affine_and_weighting_updates_every_size():
   config = _small_config(coords=True)
   # One level at 16 px (8 px patches and the whole image): the step's smallest programs.
   config.data.image_size = 16
-  config.model.update(ch_mult=(1,), attn_resolutions=())
-  config.data.update(patch_sizes="8,16", patch_probs="0.5,0.5", flip=True)
+  config.model.update(ch_mult=(1,), attn_resolutions=(), aug_dim=augment.AUG_LABELS)
+  config.data.update(patch_sizes="8,16", patch_probs="0.5,0.5", flip=True, augment_prob=0.5)
   config.loss.weighting = "sigmoid"
   config.optimizer.warmup_steps = 0  # the first update moves the parameters
   options, patches = train.step_options(config)
   assert options.flip and options.weighting == vdm.Weighting(config.loss.sigmoid_bias)
+  assert options.affine.prob == 0.5
   model = model_lib.from_config(config)
   tx, _ = optim.make_optimizer(config.optimizer)
   state = jax.device_get(train.create_train_state(model, tx, jax.random.key(0)))
+  # Noisy weights, as if trained: the fresh network's zero-initialised layers would block the
+  # gradient of everything behind them, the label embedding included.
+  rng = np.random.default_rng(1)
+  params = jax.tree.map(lambda a: a + 0.05 * rng.standard_normal(a.shape).astype(a.dtype),
+                        state.params)
+  params["score"][unet.AUG_MODULE]["kernel"] *= 0.0  # as fresh: only its gradient can move it
+  state = state.replace(params=params)
   mesh = sampling.make_mesh(jax.devices()[:1])
   optimizer = ml_collections.FrozenConfigDict(config.optimizer)
   x = jnp.asarray(np.random.default_rng(0).integers(0, 4096, (8, 16, 16, 1)) / 4095.0,
@@ -255,4 +343,6 @@ def test_train_step_with_patches_flips_and_weighting_updates_every_size():
     assert np.isfinite(float(metrics["bpd"]))
     moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), new.params, state.params)
     assert max(jax.tree.leaves(moved)) > 0
+    # The augmented images' labels reach the network: their embedding trains.
+    assert max(jax.tree.leaves(moved["score"][unet.AUG_MODULE])) > 0
     state = jax.device_get(new)

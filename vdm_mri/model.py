@@ -54,24 +54,27 @@ class VDM:
     """t -> γ(t) with the schedule parameters bound."""
     return lambda t: self.gamma.apply({"params": params["gamma"]}, t)
 
-  def eps_fn(self, params, key=None, coords=None):
+  def eps_fn(self, params, key=None, coords=None, aug=None):
     """(z_t, g_t) -> ε̂ with the network parameters bound; a `key` turns dropout on. `coords`
     [B, h, w, 2]: where the input patch lies in the whole image (networks with coordinate
-    channels; None: the input is the whole image)."""
+    channels; None: the input is the whole image). `aug` [B, aug_dim]: augmentation labels
+    (networks with `aug_dim`; None: an untransformed image)."""
     rngs = {} if key is None else {"dropout": key}
     extra = {} if coords is None else {"coords": coords}
+    if aug is not None:
+      extra["aug"] = aug
     return lambda z, g: self.network.apply({"params": params["score"]}, z, g,
                                            deterministic=key is None, rngs=rngs, **extra)
 
   def loss_terms(self, params, key, x, *, num_steps: int, train: bool,
-                 antithetic: bool = True, coords=None,
+                 antithetic: bool = True, coords=None, aug=None,
                  weighting: vdm.Weighting | None = None) -> vdm.LossTerms:
     """vdm.loss_terms for this model; `train` enables dropout; `coords` as in `eps_fn` for
-    patches x; `weighting` None: the variational bound."""
+    patches x, `aug` for augmented x; `weighting` None: the variational bound."""
     key, key_dropout = jax.random.split(key)
     return vdm.loss_terms(
         key, x, gamma_fn=self.gamma_fn(params),
-        eps_fn=self.eps_fn(params, key_dropout if train else None, coords), bits=self.bits,
+        eps_fn=self.eps_fn(params, key_dropout if train else None, coords, aug), bits=self.bits,
         num_steps=num_steps, gamma_min=self.gamma_min, gamma_max=self.gamma_max,
         antithetic=antithetic, weighting=weighting)
 

@@ -79,12 +79,13 @@ class StepOptions:
 
   patch: int = 0  # crop size of this step (0: whole images; needs coordinate channels)
   flip: bool = False  # random left-right flips
+  affine: augment.Affine | None = None  # non-leaking affine augmentation (needs model.aug_dim)
   weighting: vdm.Weighting | None = None  # None: the variational bound
 
 
 def step_options(config) -> tuple[StepOptions, augment.PatchSchedule | None]:
-  """The config's step options (`data.flip`, `loss.weighting`) and its patch schedule
-  (`data.patch_sizes`, `data.patch_probs`; None: whole images)."""
+  """The config's step options (`data.flip`, `data.augment_*`, `loss.weighting`) and its patch
+  schedule (`data.patch_sizes`, `data.patch_probs`; None: whole images)."""
   kind = config.loss.get("weighting", "elbo")
   if kind not in ("elbo", "sigmoid"):
     raise ValueError(f"loss.weighting {kind!r}: expected 'elbo' or 'sigmoid'")
@@ -97,7 +98,17 @@ def step_options(config) -> tuple[StepOptions, augment.PatchSchedule | None]:
     if max(patches.sizes) > config.data.image_size:
       raise ValueError(f"patch sizes {patches.sizes} exceed the image size "
                        f"{config.data.image_size}")
-  return StepOptions(flip=bool(config.data.get("flip", False)), weighting=weighting), patches
+  prob = float(config.data.get("augment_prob", 0.0))
+  affine = None
+  if prob > 0.0:
+    if config.model.get("aug_dim", 0) != augment.AUG_LABELS:
+      raise ValueError(f"data.augment_prob {prob} needs model.aug_dim = {augment.AUG_LABELS} "
+                       f"(augmentation labels), got {config.model.get('aug_dim', 0)}")
+    ranges = {k: float(config.data[f"augment_{k}"]) for k in ("degrees", "log2_scale", "shift")
+              if f"augment_{k}" in config.data}
+    affine = augment.Affine(prob, **ranges)
+  return StepOptions(flip=bool(config.data.get("flip", False)), affine=affine,
+                     weighting=weighting), patches
 
 
 def train_step(state: TrainState, batch, *, model: model_lib.VDM, tx, lr_fn, num_steps: int,
@@ -107,17 +118,20 @@ def train_step(state: TrainState, batch, *, model: model_lib.VDM, tx, lr_fn, num
 
   `ema_rate`: a float, or fn(step, global batch) -> rate (`optim.make_ema_rate`)."""
   key = jax.random.fold_in(jax.random.wrap_key_data(state.key), state.step)
-  images, coords = batch["image"], None
-  if options.flip or options.patch:
+  images, coords, aug = batch["image"], None, None
+  if options.flip or options.patch or options.affine:
     key_flip, key_crop = jax.random.split(jax.random.fold_in(key, 0x5A17))
     if options.flip:
       images = augment.random_flip(key_flip, images)
+    if options.affine:
+      images, aug = augment.random_affine(jax.random.fold_in(key_flip, 1), images,
+                                          options.affine)
     if options.patch and options.patch < min(images.shape[1:3]):
       images, coords = augment.random_crop(key_crop, images, options.patch)
 
   def loss_fn(params):
     terms = model.loss_terms(params, key, images, num_steps=num_steps, train=True,
-                             coords=coords, weighting=options.weighting)
+                             coords=coords, aug=aug, weighting=options.weighting)
     return terms.bpd.mean(), terms
 
   (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)

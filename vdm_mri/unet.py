@@ -127,6 +127,30 @@ class ConditioningMLP(nn.Module):
     return nn.swish(nn.Dense(4 * self.n_embd, dtype=self.dtype)(cond))
 
 
+AUG_MODULE = "aug_embed"
+"""Module name of the augmentation-label embedding (`aug_dim` > 0)."""
+
+
+def _add_aug_labels(cond, aug_dim: int, aug, dtype: Dtype):
+  """`cond` [B, E] plus a linear embedding (no bias, zero-initialised) of the augmentation
+  labels `aug` [B, aug_dim] (data.augment.random_affine; None: zeros, an untransformed image, as
+  in sampling). With zero labels the network computes what it computes without them, whatever
+  the embedding's weights, so a network warm-started without it is unchanged and sampling is
+  unconditional."""
+  if not aug_dim:
+    if aug is not None:
+      raise ValueError("augmentation labels given to a network without aug_dim")
+    return cond
+  if aug is None:
+    aug = jnp.zeros((cond.shape[0], aug_dim), jnp.float32)
+  if aug.shape != (cond.shape[0], aug_dim):
+    raise ValueError(f"augmentation labels of shape {aug.shape}, expected "
+                     f"{(cond.shape[0], aug_dim)}")
+  emb = nn.Dense(cond.shape[-1], use_bias=False, kernel_init=nn.initializers.zeros, dtype=dtype,
+                 name=AUG_MODULE)(aug.astype(jnp.float32))
+  return cond + emb.astype(cond.dtype)
+
+
 def full_coords(batch: int, height: int, width: int):
   """Pixel-centre coordinates of a whole image in [-1, 1] (row, column): [B, H, W, 2]."""
   rows = (2.0 * jnp.arange(height, dtype=jnp.float32) + 1.0) / height - 1.0
@@ -169,12 +193,14 @@ class ScoreUNet(nn.Module):
   with_fourier_features: bool = True
   with_attention: bool = False  # attention after every block (the middle always has one)
   coord_channels: bool = False  # two coordinate channels as extra inputs (patch training)
+  aug_dim: int = 0  # augmentation labels as conditioning (non-leaking augmentation); 0: none
   remat: bool = False  # rematerialise each ResNet block in the backward pass
   dtype: Dtype = jnp.float32  # compute dtype; parameters stay float32
 
   @nn.compact
-  def __call__(self, z, g, deterministic: bool = True, coords=None):
+  def __call__(self, z, g, deterministic: bool = True, coords=None, aug=None):
     cond = ConditioningMLP(self.n_embd, self.dtype)(g, z.shape[0])
+    cond = _add_aug_labels(cond, self.aug_dim, aug, self.dtype)
     Block = _block(self.remat)
     kw = dict(out_ch=self.n_embd, dropout=self.dropout, dtype=self.dtype)
 
@@ -215,6 +241,7 @@ class UNet(nn.Module):
   dropout: float = 0.1
   with_fourier_features: bool = True
   coord_channels: bool = False  # two coordinate channels as extra inputs (patch training)
+  aug_dim: int = 0  # augmentation labels as conditioning (non-leaking augmentation); 0: none
   # > 0: a level's resolution for `attn_resolutions` is base_resolution / 2^level whatever the
   # input size, so that patches of a whole image run the same blocks (patch training)
   base_resolution: int = 0
@@ -222,11 +249,12 @@ class UNet(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, z, g, deterministic: bool = True, coords=None):
+  def __call__(self, z, g, deterministic: bool = True, coords=None, aug=None):
     if len(self.extra_blocks) not in (0, len(self.ch_mult)):
       raise ValueError(f"extra_blocks {tuple(self.extra_blocks)}: one count per level of "
                        f"ch_mult {tuple(self.ch_mult)} (or none)")
     cond = ConditioningMLP(self.ch, self.dtype)(g, z.shape[0])
+    cond = _add_aug_labels(cond, self.aug_dim, aug, self.dtype)
     Block = _block(self.remat)
 
     def block(h, out_ch, name, lvl):

@@ -148,18 +148,21 @@ def _add_input_channels(params, expected: dict):
   return {**params, "score": {**score, "Conv_0": conv}}
 
 
-_EXTRA_MODULE = re.compile(re.escape(unet.EXTRA_TAG) + r"\d+$")
+# modules a warm start may add: extra blocks, the augmentation-label embedding
+_GROWN_MODULE = re.compile(re.escape(unet.EXTRA_TAG) + r"\d+$|^" + re.escape(unet.AUG_MODULE)
+                           + "$")
 
 
 def _add_extra_blocks(params, fill):
   """`params` with the modules they lack taken from the parameter tree `fill` (a fresh
-  initialisation of the model), where every such module is one of `UNet.extra_blocks`: their
-  last convolution starts at zero, so the grown network computes exactly what `params`
-  computed (a warm start that adds capacity). Other missing parameters are left missing, for
+  initialisation of the model), where every such module is one of `UNet.extra_blocks` (their
+  last convolution starts at zero) or the augmentation-label embedding (zero, and unused at
+  zero labels), so the grown network computes exactly what `params` computed (a warm start that
+  adds capacity or augmentation). Other missing parameters are left missing, for
   the shape check to name."""
   flat = flax.traverse_util.flatten_dict(params, keep_empty_nodes=True)  # a fixed γ has {}
   for path, value in flax.traverse_util.flatten_dict(fill).items():
-    if path not in flat and any(_EXTRA_MODULE.search(str(k)) for k in path):
+    if path not in flat and any(_GROWN_MODULE.search(str(k)) for k in path):
       flat[path] = np.asarray(value)
   return flax.traverse_util.unflatten_dict(flat)
 
@@ -176,7 +179,8 @@ def load_params(directory, model=None, *, add_input_channels: bool = False,
   `add_input_channels`: a model whose network has more input channels (coordinate channels
   for patch training) takes the file's weights with zero weights for the new inputs (a warm
   start). `grow_from`: a fresh parameter tree of `model` that supplies the extra blocks
-  (`UNet.extra_blocks`) the file has none of (a warm start of a deeper network)."""
+  (`UNet.extra_blocks`) or the augmentation-label embedding (`UNet.aug_dim`) the file has none
+  of (a warm start of a deeper or augmented network)."""
   directory = pathlib.Path(directory)
   verify(directory)
   name = RAW_PARAMS_FILE if raw else PARAMS_FILE
