@@ -3,7 +3,8 @@
     python -m vdm_mri.train --config=configs/brain128_cpu_cooldown.py --workdir=runs/cool \
         --init_from=STATE_DIR --config.training.num_steps=N+400 --state_dir=runs/cool_state
 
-configs/brain128_cpu_deep.py (the long run's recipe since step 37563) warm-started from a state
+configs/brain128_cpu_deep.py (the long run's recipe: the grown network since step 37563, with
+augmentation since step 41000) warm-started from a state
 dir of that run at step N (its raw and EMA parameters; a fresh optimiser): 50 steps of warm-up,
 then the learning rate falls linearly from 5e-4 to 0 over 350 steps, and the EMA's half-life is 400
 images (50 steps), so that at the end the EMA is the cooled-down weights rather than an average
@@ -14,8 +15,11 @@ experiments/results/recipes/cool_17841.json): from the state at step 17441, the 
 weights at step 17841 score +1.854 dB over zero-filling against +1.799 for the constant-rate
 run's EMA at step 18000, better in all four set × size cases.
 
-States before step 37563 (the shipped prior's among them) hold the network without the extra
-blocks: cut their branches with `--config.model.extra_blocks="()"`.
+States before step 37563 hold the network without the extra blocks: cut their branches with
+`--config.model.extra_blocks="()"`. States from step 37563 to 41000 take the augmentation as they
+are (the warm start adds its zero-initialised label embedding); to cool them down as trained, add
+`--config.data.augment_prob=0 --config.model.aug_dim=0`. The shipped step-43656 prior is the
+branch of step 43256.
 """
 
 import pathlib
