@@ -153,7 +153,7 @@ _GROWN_MODULE = re.compile(re.escape(unet.EXTRA_TAG) + r"\d+$|^" + re.escape(une
                            + "$")
 
 
-def _add_extra_blocks(params, fill):
+def _add_grown_modules(params, fill):
   """`params` with the modules they lack taken from the parameter tree `fill` (a fresh
   initialisation of the model), where every such module is one of `UNet.extra_blocks` (their
   last convolution starts at zero) or the augmentation-label embedding (zero, and unused at
@@ -195,7 +195,7 @@ def load_params(directory, model=None, *, add_input_channels: bool = False,
     if add_input_channels:
       params = _add_input_channels(params, expected)
     if grow_from is not None:
-      params = _add_extra_blocks(params, grow_from)
+      params = _add_grown_modules(params, grow_from)
     found = param_shapes(params)
     for path in sorted(set(expected) | set(found)):
       if expected.get(path) != found.get(path):
