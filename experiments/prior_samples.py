@@ -11,8 +11,13 @@ each subject as the prior learnt it (top of the head and cerebellum included); e
 sorted by head fraction, so that slices of like level stand one above the other. Writes
 prior_<steps>.png and prior_<steps>.json: for the samples and for all validation slices, the
 statistics a brain slice has (`image_stats`: the fraction of pixels above 0.05, the mean
-intensity inside that region, the left-right correlation with the mirror image; means and
-standard deviations over images), and, where training slices are found, the correlation of each
+intensity inside that region, the left-right correlation with the mirror image, the distance
+of the head's centre from the image centre, the tilt of its symmetry axis and the mirror
+correlation once the tilt and offset are undone, which tell a turned or shifted head from an
+asymmetric one (`per_image_stats`); means
+and standard deviations over images, and each sample's values under "per_sample", so that two
+checkpoints sampled with the same seed compare sample by sample), and, where training slices
+are found, the correlation of each
 image with its nearest training slice (`nearest_training`): a sample that is no brain scores
 far below the validation slices (other subjects), a copy of a training slice scores near 1.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import pathlib
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 import _common
@@ -29,23 +35,94 @@ from vdm_mri import api, data, figures, sampling
 
 HEAD_THRESHOLD = 0.05
 CHUNK = 1024  # training slices per matrix product in `nearest_training`
+MAX_TILT = 30  # degrees either way searched for the head's symmetry axis
+AXIS_CHUNK = 16  # images per compiled `symmetry_axis` call
 
 
 def image_stats(images: np.ndarray, weights: np.ndarray | None = None) -> dict:
   """Mean (and standard deviation, `<name>_sd`) over images, weighted by `weights` (default:
-  equal), of: head fraction (> HEAD_THRESHOLD), mean head intensity, left-right Pearson
-  correlation with the mirror image."""
-  images = np.asarray(images, np.float32)
-  head = images > HEAD_THRESHOLD
-  per_image = {
-      "head_fraction": head.mean(axis=(1, 2)),
-      "head_intensity": np.array([im[h].mean() if h.any() else 0.0 for im, h in zip(images, head)]),
-      "lr_symmetry": (_unit_rows(images) * _unit_rows(images[:, :, ::-1])).sum(axis=1),
-  }
+  equal), of `per_image_stats`, the tilt as |tilt|."""
+  per_image = per_image_stats(images)
+  per_image["head_tilt"] = np.abs(per_image["head_tilt"])
   out = {}
   for name, values in per_image.items():
     out.update(_summary(name, values, weights))
   return out
+
+
+def per_image_stats(images: np.ndarray) -> dict[str, np.ndarray]:
+  """[N] per statistic: head fraction (pixels > HEAD_THRESHOLD); mean intensity inside the head;
+  left-right Pearson correlation with the mirror image; the distance of the head's centre
+  (centroid) from the image centre, pixels; and from `symmetry_axis`, the head's tilt (degrees,
+  counter-clockwise positive as displayed) and the mirror correlation once that tilt and offset
+  are undone. An image without head pixels has zero head statistics."""
+  images = np.asarray(images, np.float32)
+  _, height, width = images.shape
+  head = images > HEAD_THRESHOLD
+  any_head = head.any(axis=(1, 2))
+  centre_r, centre_c = _head_centres(images)
+  tilt, aligned = symmetry_axis(images)
+  return {
+      "head_fraction": head.mean(axis=(1, 2)),
+      "head_intensity": np.array([im[h].mean() if h.any() else 0.0 for im, h in zip(images, head)]),
+      "lr_symmetry": (_unit_rows(images) * _unit_rows(images[:, :, ::-1])).sum(axis=1),
+      "head_offset": np.where(any_head, np.hypot(centre_r - (height - 1) / 2,
+                                                 centre_c - (width - 1) / 2), 0.0),
+      "head_tilt": np.where(any_head, tilt, 0.0),
+      "aligned_symmetry": aligned,
+  }
+
+
+def _head_centres(images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  """[N] row and [N] column of each head region's centroid (the image centre without one)."""
+  _, height, width = images.shape
+  head = images > HEAD_THRESHOLD
+  count = head.sum(axis=(1, 2))
+  rows, cols = np.mgrid[:height, :width]
+  safe = np.maximum(count, 1)
+  centre_r = np.where(count > 0, (head * rows).sum(axis=(1, 2)) / safe, (height - 1) / 2)
+  centre_c = np.where(count > 0, (head * cols).sum(axis=(1, 2)) / safe, (width - 1) / 2)
+  return centre_r, centre_c
+
+
+def symmetry_axis(images: np.ndarray, max_tilt: int = MAX_TILT) -> tuple[np.ndarray, np.ndarray]:
+  """[N] tilt and [N] aligned symmetry: each image is turned about its head's centroid by every
+  whole degree in [-max_tilt, max_tilt], the centroid brought to the image centre (bilinear,
+  zero outside), and the turn with the largest mirror correlation kept. The tilt (degrees) is
+  minus that turn, in the sense of `augment.affine_warp`: a head rotated by +20 degrees has tilt
+  +20; the aligned symmetry is that largest correlation."""
+  images = np.asarray(images, np.float32)
+  centre_r, centre_c = _head_centres(images)
+  angles = jnp.arange(-max_tilt, max_tilt + 1, dtype=jnp.float32)
+  tilt, aligned = [], []
+  for start in range(0, len(images), AXIS_CHUNK):
+    stop = start + AXIS_CHUNK
+    best, corr = _best_turn(jnp.asarray(images[start:stop]), jnp.asarray(centre_r[start:stop]),
+                            jnp.asarray(centre_c[start:stop]), angles)
+    tilt.append(-np.asarray(best))
+    aligned.append(np.asarray(corr))
+  return np.concatenate(tilt), np.concatenate(aligned)
+
+
+@jax.jit
+def _best_turn(images, centre_r, centre_c, angles):
+  _, height, width = images.shape
+  rr, cc = jnp.meshgrid(jnp.arange(height, dtype=jnp.float32) - (height - 1) / 2,
+                        jnp.arange(width, dtype=jnp.float32) - (width - 1) / 2, indexing="ij")
+
+  def mirror_corr(image, r0, c0, degrees):
+    theta = jnp.deg2rad(degrees)
+    cos, sin = jnp.cos(theta), jnp.sin(theta)
+    src = [cos * rr + sin * cc + r0, cos * cc - sin * rr + c0]  # as in augment.affine_warp
+    turned = jax.scipy.ndimage.map_coordinates(image, src, order=1, mode="constant", cval=0.0)
+    a = turned - turned.mean()
+    b = a[:, ::-1]
+    return (a * b).sum() / jnp.maximum((a * a).sum(), 1e-12)
+
+  per_angle = jax.vmap(mirror_corr, in_axes=(None, None, None, 0))
+  corr = jax.vmap(per_angle, in_axes=(0, 0, 0, None))(images, centre_r, centre_c, angles)
+  best = jnp.argmax(corr, axis=1)
+  return angles[best], jnp.take_along_axis(corr, best[:, None], axis=1)[:, 0]
 
 
 def _summary(name: str, values: np.ndarray, weights: np.ndarray | None) -> dict:
@@ -153,7 +230,9 @@ def main(argv=None):
             "steps": steps, "num": args.num, "seed": args.seed,
             "validation_slices": int(len(pool)),
             "validation_set_shares": {name: float(weights[set_of == name].sum()) for name in sets},
-            "samples": image_stats(samples), "validation": image_stats(pool, weights)}
+            "samples": image_stats(samples), "validation": image_stats(pool, weights),
+            "per_sample": {name: [round(float(v), 5) for v in values]
+                           for name, values in per_image_stats(samples).items()}}
   if train_paths:
     nearest = nearest_training(np.concatenate([samples, pool]),
                                (_read_images(path) for path in train_paths))
@@ -162,6 +241,7 @@ def main(argv=None):
                            ("validation", nearest[len(samples):], weights)):
       report[key].update(_summary("nearest_training", values, w),
                          nearest_training_max=float(values.max()))
+    report["per_sample"]["nearest_training"] = [round(float(v), 5) for v in nearest[:len(samples)]]
   else:
     print("nearest_training: no training slices found (--train_data), not computed")
   for k in ("samples", "validation"):

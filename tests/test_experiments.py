@@ -450,6 +450,12 @@ def test_prior_samples_panel_and_brain_statistics(checkpoint, tmp_path):
   assert real["nearest_training"] == pytest.approx(1.0, abs=1e-5)
   # An untrained network's samples are noise: far from every brain slice.
   assert report["samples"]["nearest_training"] < 0.5
+  per_sample = report["per_sample"]  # each sample's values, in the order drawn
+  assert all(len(v) == 2 for v in per_sample.values())
+  assert np.mean(per_sample["lr_symmetry"]) == pytest.approx(report["samples"]["lr_symmetry"],
+                                                             abs=1e-4)
+  assert np.mean(per_sample["nearest_training"]) == pytest.approx(
+      report["samples"]["nearest_training"], abs=1e-4)
   with pytest.raises(SystemExit) as e:  # a missing training file: exit 2 before sampling
     _run("prior_samples", checkpoint, tmp_path / "bad", f"--train_data={tmp_path / 'no.npz'}")
   assert e.value.code == 2 and not (tmp_path / "bad").exists()
@@ -462,6 +468,29 @@ def test_prior_samples_panel_and_brain_statistics(checkpoint, tmp_path):
   assert prior_samples.image_stats(sym)["lr_symmetry"] == pytest.approx(1.0)
   ramp = np.tile(np.arange(8.0), (1, 8, 1))
   assert prior_samples.image_stats(ramp)["lr_symmetry"] == pytest.approx(-1.0)
+
+
+def test_head_pose_statistics_follow_the_augmentation_rotation_and_shift():
+  # Tilt and offset measure what the affine augmentation does to a head, in its convention: a
+  # mirror-symmetric head warped by +20 degrees (counter-clockwise) and shifted has tilt +20 and
+  # moves by the shift; undone, it is symmetric again, though its plain mirror correlation fell.
+  import prior_samples
+  from vdm_mri.data import augment
+  rows, cols = np.mgrid[:64, :64] - 31.5
+  head = 0.5 * ((rows / 24.0) ** 2 + (cols / 16.0) ** 2 <= 1.0)
+  for r, c in ((-12, -7), (-12, 7), (8, 0)):  # symmetric about the vertical axis only
+    head = head + 0.5 * ((rows - r) ** 2 + (cols - c) ** 2 <= 16.0)
+  head = head.astype(np.float32)
+  warp = lambda deg, dr, dc: np.asarray(augment.affine_warp(
+      head[..., None], deg, 0.0, dr, dc, 0.0))[..., 0]
+  images = np.stack([head, warp(20.0, 0.0, 0.0), warp(-12.0, 3.0, -4.0), np.zeros_like(head)])
+  per = prior_samples.per_image_stats(images)
+  np.testing.assert_allclose(per["head_tilt"], [0.0, 20.0, -12.0, 0.0], atol=1.0)
+  np.testing.assert_allclose(per["head_offset"], [0.0, 0.0, 5.0, 0.0], atol=0.3)
+  assert per["aligned_symmetry"][:3].min() > 0.95
+  assert per["lr_symmetry"][1] < 0.9 and per["lr_symmetry"][2] < 0.9
+  stats = prior_samples.image_stats(images)
+  assert stats["head_tilt"] == pytest.approx((0 + 20 + 12 + 0) / 4, abs=0.5)
 
 
 def test_nearest_training_slice_is_the_best_correlation_over_all_chunks(tmp_path, monkeypatch):
