@@ -18,8 +18,8 @@ run's EMA at step 18000, better in all four set × size cases.
 States before step 37563 hold the network without the extra blocks: cut their branches with
 `--config.model.extra_blocks="()"`. States from step 37563 to 41000 take the augmentation as they
 are (the warm start adds its zero-initialised label embedding); to cool them down as trained, add
-`--config.data.augment_prob=0 --config.model.aug_dim=0`. The shipped step-43656 prior is the
-branch of step 43256.
+`--config.data.augment_prob=0 --config.model.aug_dim=0`. The shipped step-46959 prior is the
+branch of step 46559.
 """
 
 import pathlib

@@ -26,7 +26,11 @@ the network told how through 4 labels that are zero in sampling. From the state 
 steps: +2.126 against +2.087 dB at 8 slices per subject and +2.018 against +1.991 at 2, level or
 better in all four cases of both, with lower skull-on denoising error in bands 4–6
 (experiments/results, "Non-leaking augmentation"). A warm start from a state without it adds the
-zero-initialised label embedding and computes what that state computed.
+zero-initialised label embedding and computes what that state computed. Half of the slices
+instead of a quarter, side by side for 58 min from step 45122 and cooled down alike, was level
+on the task (+2.151 against +2.147 dB at 8 slices per subject, +2.074 against +2.051 at 2) but
+its unguided samples were further off-centre (+2.5 px) and less mirror-symmetric (0.733 against
+0.819): the shift leaks; a quarter stays (experiments/results, "Augmentation probability").
 """
 
 import pathlib
