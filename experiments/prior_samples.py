@@ -14,11 +14,10 @@ statistics a brain slice has (`image_stats`: the fraction of pixels above 0.05, 
 intensity inside that region, the left-right correlation with the mirror image, the distance
 of the head's centre from the image centre, the tilt of its symmetry axis and the mirror
 correlation once the tilt and offset are undone, which tell a turned or shifted head from an
-asymmetric one (`per_image_stats`); means
-and standard deviations over images, and each sample's values under "per_sample", so that two
-checkpoints sampled with the same seed compare sample by sample), and, where training slices
-are found, the correlation of each
-image with its nearest training slice (`nearest_training`): a sample that is no brain scores
+asymmetric one (`per_image_stats`); means and standard deviations over images, and each
+sample's values under "per_sample", so that two checkpoints sampled with the same seed compare
+sample by sample), and, where training slices are found, the correlation of each image with its
+nearest training slice (`nearest_training`): a sample that is no brain scores
 far below the validation slices (other subjects), a copy of a training slice scores near 1.
 """
 
