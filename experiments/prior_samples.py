@@ -38,10 +38,11 @@ MAX_TILT = 30  # degrees either way searched for the head's symmetry axis
 AXIS_CHUNK = 16  # images per compiled `symmetry_axis` call
 
 
-def image_stats(images: np.ndarray, weights: np.ndarray | None = None) -> dict:
+def image_stats(images: np.ndarray, weights: np.ndarray | None = None,
+                per_image: dict[str, np.ndarray] | None = None) -> dict:
   """Mean (and standard deviation, `<name>_sd`) over images, weighted by `weights` (default:
-  equal), of `per_image_stats`, the tilt as |tilt|."""
-  per_image = per_image_stats(images)
+  equal), of `per_image_stats` (given, or computed here), the tilt as |tilt|."""
+  per_image = dict(per_image_stats(images) if per_image is None else per_image)
   per_image["head_tilt"] = np.abs(per_image["head_tilt"])
   out = {}
   for name, values in per_image.items():
@@ -225,13 +226,15 @@ def main(argv=None):
       figures.grid({f"prior, {steps} steps": _by_head_fraction(samples),
                     "validation": _by_head_fraction(real)}), outdir / f"prior_{steps}.png")
   print(f"wrote {png}")
+  per_sample = per_image_stats(samples)
   report = {"checkpoint": _common.display_path(_common.workdir.resolve(args.checkpoint)),
             "steps": steps, "num": args.num, "seed": args.seed,
             "validation_slices": int(len(pool)),
             "validation_set_shares": {name: float(weights[set_of == name].sum()) for name in sets},
-            "samples": image_stats(samples), "validation": image_stats(pool, weights),
+            "samples": image_stats(samples, per_image=per_sample),
+            "validation": image_stats(pool, weights),
             "per_sample": {name: [round(float(v), 5) for v in values]
-                           for name, values in per_image_stats(samples).items()}}
+                           for name, values in per_sample.items()}}
   if train_paths:
     nearest = nearest_training(np.concatenate([samples, pool]),
                                (_read_images(path) for path in train_paths))
