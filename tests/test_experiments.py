@@ -527,3 +527,35 @@ def test_set_weights_split_each_share_over_its_slices_and_weight_the_statistics(
   stats = prior_samples.image_stats(images, np.array([0.5, 0.5, 0.0]))
   assert stats["head_fraction"] == pytest.approx(0.375)
   assert stats["head_fraction_sd"] == pytest.approx(0.125)
+
+
+def test_prior_pairs_compare_draw_by_draw_and_refuse_unpaired_reports(tmp_path, capsys):
+  import prior_pairs
+  # Draw-to-draw spread (shared by both priors through their noise) is 100x the shift; pairing
+  # removes it, so the shift stands out by many standard errors, as it would not unpaired.
+  rng = np.random.default_rng(0)
+  shared = rng.normal(0.0, 10.0, 32)
+  tilt = rng.normal(0.0, 8.0, 32)
+
+  def report(path, offset, tilt, seed=2):
+    path.write_text(json.dumps({"checkpoint": str(path), "seed": seed, "steps": 100, "num": 32,
+                                "per_sample": {"head_offset": list(offset),
+                                               "head_tilt": list(tilt)}}))
+    return str(path)
+
+  a = report(tmp_path / "a.json", shared, tilt)
+  b = report(tmp_path / "b.json", shared + 0.1 + rng.normal(0.0, 0.01, 32), -tilt)
+  out = tmp_path / "pairs.json"
+  result = prior_pairs.main([a, b, f"--out={out}"])
+  offset = result["head_offset"]
+  assert offset["difference"] == pytest.approx(0.1, abs=0.01)
+  assert offset["standard_error"] < 0.01 < 10.0 / np.sqrt(32)  # below the unpaired error
+  assert offset["z"] > 20
+  assert result["head_tilt"]["difference"] == pytest.approx(0.0)  # mirrored tilts: same |tilt|
+  assert json.loads(out.read_text())["statistics"]["head_offset"] == offset
+  # Reports drawn with another seed are not pairs: exit code 2, nothing written.
+  other = report(tmp_path / "c.json", shared, tilt, seed=3)
+  with pytest.raises(SystemExit) as e:
+    prior_pairs.main([a, other, f"--out={tmp_path / 'bad.json'}"])
+  assert e.value.code == 2 and "seed" in capsys.readouterr().err
+  assert not (tmp_path / "bad.json").exists()
