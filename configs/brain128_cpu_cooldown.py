@@ -18,8 +18,9 @@ run's EMA at step 18000, better in all four set × size cases.
 States before step 37563 hold the network without the extra blocks: cut their branches with
 `--config.model.extra_blocks="()"`. States from step 37563 to 41000 take the augmentation as they
 are (the warm start adds its zero-initialised label embedding); to cool them down as trained, add
-`--config.data.augment_prob=0 --config.model.aug_dim=0`. The shipped step-46959 prior is the
-branch of step 46559.
+`--config.data.augment_prob=0 --config.model.aug_dim=0`; states from step 41000 to 47145 were
+trained with a quarter of the slices shifted as well: `--config.data.augment_prob=0.25
+--config.data.augment_shift=0.0625`. The shipped step-49404 prior is the branch of step 49004.
 """
 
 import pathlib
