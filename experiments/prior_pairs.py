@@ -30,8 +30,8 @@ ABSOLUTE = ("head_tilt",)  # compared by magnitude
 
 def paired_differences(a: dict, b: dict) -> dict[str, dict[str, float]]:
   """Per statistic in both reports' `per_sample`: mean of A, mean of B, mean of B - A, its
-  standard error (0 for a single pair) and the ratio of the two (0 where the error is 0 and
-  the difference too). Raises ValueError if the reports were not drawn alike."""
+  standard error and their ratio z (error and z are 0 where the differences do not vary: a
+  single pair, or every pair alike). Raises ValueError if the reports were not drawn alike."""
   for key in PAIRED_KEYS:
     if a.get(key) != b.get(key):
       raise ValueError(f"the reports differ in {key} ({a.get(key)} against {b.get(key)}): "
