@@ -18,11 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
-import sys
 
 import numpy as np
 
 import _common
+from vdm_mri import api
 
 PAIRED_KEYS = ("seed", "steps", "num")  # what must agree for sample i to share its noise
 ABSOLUTE = ("head_tilt",)  # compared by magnitude
@@ -31,13 +31,14 @@ ABSOLUTE = ("head_tilt",)  # compared by magnitude
 def paired_differences(a: dict, b: dict) -> dict[str, dict[str, float]]:
   """Per statistic in both reports' `per_sample`: mean of A, mean of B, mean of B - A, its
   standard error and their ratio z (error and z are 0 where the differences do not vary: a
-  single pair, or every pair alike). Raises ValueError if the reports were not drawn alike."""
+  single pair, or every pair alike). Raises api.InputError (a ValueError) if the reports were
+  not drawn alike."""
   for key in PAIRED_KEYS:
     if a.get(key) != b.get(key):
-      raise ValueError(f"the reports differ in {key} ({a.get(key)} against {b.get(key)}): "
+      raise api.InputError(f"the reports differ in {key} ({a.get(key)} against {b.get(key)}): "
                        "their samples are not paired")
   if "per_sample" not in a or "per_sample" not in b:
-    raise ValueError("a report without per_sample (made before prior_samples wrote it)")
+    raise api.InputError("a report without per_sample (made before prior_samples wrote it)")
   out = {}
   for name in a["per_sample"]:
     if name not in b["per_sample"]:
@@ -45,7 +46,7 @@ def paired_differences(a: dict, b: dict) -> dict[str, dict[str, float]]:
     va = np.asarray(a["per_sample"][name], np.float64)
     vb = np.asarray(b["per_sample"][name], np.float64)
     if va.shape != vb.shape:
-      raise ValueError(f"{name}: {va.size} samples against {vb.size}")
+      raise api.InputError(f"{name}: {va.size} samples against {vb.size}")
     if name in ABSOLUTE:
       va, vb = np.abs(va), np.abs(vb)
     diff = vb - va
@@ -58,11 +59,14 @@ def paired_differences(a: dict, b: dict) -> dict[str, dict[str, float]]:
 
 def _read(path: str) -> dict:
   try:
-    return json.loads(pathlib.Path(path).read_text())
+    report = json.loads(pathlib.Path(path).read_text())
   except OSError as e:
     raise FileNotFoundError(f"{path}: {e.strerror}") from e
   except json.JSONDecodeError as e:
-    raise ValueError(f"{path}: not a JSON report ({e})") from e
+    raise api.InputError(f"{path}: not a JSON report ({e})") from e
+  if not isinstance(report, dict):
+    raise api.InputError(f"{path}: not a prior_samples report (a JSON object)")
+  return report
 
 
 def main(argv=None):
@@ -71,12 +75,9 @@ def main(argv=None):
   p.add_argument("b", help="prior_samples report B, drawn with A's seed, steps and num")
   p.add_argument("--out", default=None, help="also write the comparison to this JSON file")
   args = p.parse_args(argv)
-  try:
+  with _common.exit_on_bad_input():
     a, b = _read(args.a), _read(args.b)
     result = paired_differences(a, b)
-  except (FileNotFoundError, ValueError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
   print(f"A: {a.get('checkpoint')}  B: {b.get('checkpoint')}  "
         f"({a['num']} pairs, {a['steps']} steps, seed {a['seed']})")
   print(f"{'statistic':<20}{'A':>10}{'B':>10}{'B - A':>10}{'s.e.':>9}{'z':>7}")
